@@ -1,0 +1,48 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv and install
+# the pinned requirements first (once; again only when requirements.txt changes).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+# The demo's tiny model and its fine-tuned adapter (the real model lives in model/deepseek_ai/).
+TINY      := model/tiny_r1
+TINY_LORA := model/tiny_r1_lora
+
+.PHONY: install demo test data bench clean-demo
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+# The whole pipeline on the tiny offline model and the sample data (minutes on a CPU).
+demo: install data
+	@echo "== 2. model: build the tiny offline R1 stand-in (skipped when present) and try it"
+	$(PY) download_model/download_model.py --tiny --skip_existing
+	$(PY) scripts/test_model.py --model_path $(TINY)
+	@echo "== 3. training: QLoRA SFT of the tiny model on the sample data"
+	$(PY) scripts/train_stf_r1_train_val.py --demo
+	@echo "== 4. evaluation: base vs fine-tuned"
+	$(PY) scripts/evaluate_model.py --demo
+	@echo "== 5. chat: one scripted turn with the fine-tuned model"
+	echo "高血压患者平时饮食要注意什么？" | $(PY) scripts/chat_with_model.py --model $(TINY_LORA)/best_model --max_new_tokens 96
+
+data: install
+	@echo "== 1. data: both sources -> SFT files -> train/val splits"
+	$(PY) data/generated_converted_data.py
+	$(PY) data/generated_stf_r1_data.py
+	$(PY) data/split_stf_r1_data.py
+	$(PY) data/generated_teacher_filtered.py
+	$(PY) data/build_sft_dataset.py
+	$(PY) data/split_sft_train.py
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/data_pipeline.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/eval_throughput.py

@@ -1,0 +1,8 @@
+"""Shared code for the 医疗报告 R1 SFT stage scripts.
+
+Modules, by concern:
+  paths       repository-root path resolution
+  cli         constants dataclass -> command-line flags, one-line user errors
+  run_info    resolved config, library versions and git commit saved beside outputs
+  r1_format   the R1 think format: build SFT targets, build prompts, encode, parse outputs
+"""

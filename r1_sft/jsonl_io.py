@@ -1,0 +1,70 @@
+"""File I/O shared by every stage: atomic writes and JSONL."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
+    """Write to a temp file beside ``path`` and rename it over ``path`` only on success.
+
+    A stage killed half-way leaves the previous file (or none), never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path) as fh:
+        fh.write(text)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    """Atomically write one JSON object per line (UTF-8, Chinese kept readable). Returns the count."""
+    n = 0
+    with atomic_open(path) as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    """Yield the objects of a JSONL file produced by this project (blank lines skipped).
+
+    A missing file or a line that is not a JSON object is a UserError naming the file and line.
+    """
+    from .cli import UserError
+    from .paths import display_path
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{display_path(path)}: file not found (run the earlier stage that writes it, "
+                        f"or pass the right path)")
+    with open(path, encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{display_path(path)}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{display_path(path)}:{lineno}: expected a JSON object")
+            yield obj

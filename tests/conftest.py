@@ -1,0 +1,40 @@
+"""Shared fixtures: the repository root, a runner for stage scripts, and the tiny R1 model.
+
+The tiny model is built once per test session (offline, deterministic) through the real
+`download_model/download_model.py --tiny` command, into a temporary folder.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def run_script(script: str, *args: str, cwd: str | Path | None = None, input: str | None = None,
+               timeout: int = 600, env: dict | None = None, check: bool = False):
+    """Run a stage script as a user would (``python path/to/script.py ...``); returns CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
+                          input=input, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The offline tiny R1 stand-in, built once for the whole session."""
+    out = tmp_path_factory.mktemp("tiny_r1") / "tiny_r1"
+    run_script("download_model/download_model.py", "--tiny", "--local_dir", out, check=True)
+    return out
