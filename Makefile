@@ -19,9 +19,8 @@ $(STAMP): requirements.txt
 	@touch $(STAMP)
 
 # The whole pipeline on the tiny offline model and the sample data (minutes on a CPU).
-demo: install data
-	@echo "== 2. model: build the tiny offline R1 stand-in (skipped when present) and try it"
-	$(PY) download_model/download_model.py --tiny --skip_existing
+demo: install data $(TINY)/config.json
+	@echo "== 2. model: try the tiny offline R1 stand-in"
 	$(PY) scripts/test_model.py --model_path $(TINY)
 	@echo "== 3. training: QLoRA SFT of the tiny model on the sample data"
 	$(PY) scripts/train_stf_r1_train_val.py --demo
@@ -29,6 +28,11 @@ demo: install data
 	$(PY) scripts/evaluate_model.py --demo
 	@echo "== 5. chat: one scripted turn with the fine-tuned model"
 	echo "高血压患者平时饮食要注意什么？" | $(PY) scripts/chat_with_model.py --model $(TINY_LORA)/best_model --max_new_tokens 96
+
+# Built offline (no hub access needed); rebuilt only when missing.
+$(TINY)/config.json: | install
+	@echo "== 2. model: build the tiny offline R1 stand-in"
+	$(PY) download_model/download_model.py --tiny --local_dir $(TINY)
 
 data: install
 	@echo "== 1. data: both sources -> SFT files -> train/val splits"
