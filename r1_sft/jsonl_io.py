@@ -10,16 +10,18 @@ from typing import Iterable, Iterator
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
+                buffering: int = -1) -> Iterator:
     """Write to a temp file beside ``path`` and rename it over ``path`` only on success.
 
     A stage killed half-way leaves the previous file (or none), never a half-written one.
+    ``buffering`` as in ``open`` (streaming stages pass 1 MiB: fewer, larger writes).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
+        with os.fdopen(fd, mode, buffering=buffering, encoding=None if "b" in mode else encoding) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -68,3 +70,13 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
             if not isinstance(obj, dict):
                 raise UserError(f"{display_path(path)}:{lineno}: expected a JSON object")
             yield obj
+
+
+def iter_raw_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(1-based physical line number, raw bytes with line ending)`` for every line.
+
+    Read as bytes so the caller decodes each line itself: one undecodable line can be rejected
+    while the rest of the file is kept. Streams (memory does not grow with the file).
+    """
+    with open(path, "rb") as fh:
+        yield from enumerate(fh, 1)

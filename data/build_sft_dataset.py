@@ -1,0 +1,38 @@
+"""Stage 1e: unified teacher records -> SFT records {"input", "output"}.
+
+Reads  r1_generated/teacher_filtered.jsonl (from data/generated_teacher_filtered.py).
+Writes dataset/sft_train.jsonl in R1's native format ("output" =
+       "<think>\\n{reasoning}\\n</think>\\n\\n{answer}", r1_sft/r1_format.py); plus
+       sft_train.rejects.jsonl and sft_train.run.json beside it.
+
+    python data/build_sft_dataset.py --input r1_generated/teacher_filtered.jsonl
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r1_sft.cli import cli_main, parse_config  # noqa: E402
+from r1_sft.paths import repo_path  # noqa: E402
+from r1_sft.records import run_conversion, unified_to_sft  # noqa: E402
+
+
+@dataclass
+class Config:
+    input: str = "r1_generated/teacher_filtered.jsonl"  # unified teacher records (path from the repo root)
+    output: str = "dataset/sft_train.jsonl"  # SFT records; rejects and run info beside it
+    max_chars: int = 16000  # reject records longer than this (input + reasoning + answer, characters)
+
+
+@cli_main
+def main(cfg: Config):
+    transform = functools.partial(unified_to_sft, max_chars=cfg.max_chars)
+    run_conversion(cfg, [repo_path(cfg.input)], transform, repo_path(cfg.output))
+
+
+if __name__ == "__main__":
+    main(parse_config(Config))

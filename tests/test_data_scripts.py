@@ -1,0 +1,234 @@
+"""Integration tests: the six data scripts run through subprocess on fixtures and hostile files.
+
+Every script is run from a folder outside the repository, as a user might, with outputs in a
+temporary folder; assertions are on the files written.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_script
+from r1_sft.r1_format import parse_output
+from r1_sft.splits import dedup_key
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def ms_line(question: str, think="先分析病因。\n", answer="建议就医。", **extra) -> bytes:
+    obj = {"instruction": "", "question": question, "think": think, "answer": answer,
+           "metrics": {"quality_f1": 0.93}, **extra}
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+# (raw bytes of one physical line without its "\n", expected reason; None = kept, "blank" = skipped)
+HOSTILE_MODELSCOPE = [
+    ("\ufeff".encode() + ms_line("胸痛要做什么检查？") + b"\r", None),          # BOM + CRLF
+    (b"", "blank"),
+    (ms_line("便秘怎么办？", answer="多喝水\\n多吃蔬菜  "), None),              # literal backslash-n
+    (b'{"question": "x", ', "invalid_json"),
+    (b"[1, 2, 3]", "not_object"),
+    (json.dumps({"question": "发烧怎么办？", "think": "想", "metrics": {}}, ensure_ascii=False).encode(),
+     "missing_field"),
+    (ms_line("咳嗽怎么办？", answer=""), "empty_field"),
+    (ms_line("咽痛怎么办？", think="   \n  "), "whitespace_only"),
+    (ms_line(123), "wrong_type"),
+    (b'{"question": "\xff\xfe", "think": "a", "answer": "b"}', "undecodable"),
+    (ms_line("贫血怎么办？", think="长" * 17000), "too_long"),
+    (ms_line("腹泻怎么办？", think="<think>先补液"), "think_tag"),
+    (ms_line("头晕怎么办？", answer="答案</think>"), "think_tag"),
+    (b'{"question": "q", "think": "t", "answer": "a", "metrics": {"quality_f1": NaN}}', "invalid_json"),
+    (ms_line("耳鸣怎么办？", metrics={"quality_f1": "high"}), "wrong_type"),
+    (b"  \t ", "blank"),
+    (ms_line("失眠怎么办？", think="第一步\r\n第二步"), None),                   # CRLF inside a value
+    (ms_line("口腔溃疡怎么办？"), None),                                          # last line, no newline
+]
+
+
+def write_lines(path: Path, lines: list[bytes], final_newline: bool = True) -> Path:
+    path.write_bytes(b"\n".join(lines) + (b"\n" if final_newline else b""))
+    return path
+
+
+def assert_one_line_error(proc, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_hostile_modelscope_file_loses_nothing(tmp_path):
+    src = write_lines(tmp_path / "hostile.jsonl", [raw for raw, _ in HOSTILE_MODELSCOPE], final_newline=False)
+    out = tmp_path / "out" / "converted.jsonl"
+    proc = run_script("data/generated_converted_data.py", "--input", src, "--output", out,
+                      cwd=tmp_path, check=True)
+
+    expected_rejects = {i: r for i, (_, r) in enumerate(HOSTILE_MODELSCOPE, 1) if r not in (None, "blank")}
+    expected_kept = [i for i, (_, r) in enumerate(HOSTILE_MODELSCOPE, 1) if r is None]
+    rejects = read_jsonl(tmp_path / "out" / "converted.rejects.jsonl")
+    assert {r["line"]: r["reason"] for r in rejects} == expected_rejects
+    assert all(r["file"] == str(src) and r["raw"] and r["detail"] for r in rejects)
+    assert any("\\xff" in r["raw"] for r in rejects if r["reason"] == "undecodable")
+
+    kept = read_jsonl(out)
+    assert [r["origin"]["line"] for r in kept] == expected_kept
+    assert [r["id"] for r in kept] == [f"hostile-{i}" for i in expected_kept]
+    non_blank = sum(1 for _, r in HOSTILE_MODELSCOPE if r != "blank")
+    assert len(kept) + len(rejects) == non_blank
+    by_q = {r["question"]: r for r in kept}
+    assert by_q["便秘怎么办？"]["answer"] == "多喝水\n多吃蔬菜"
+    assert by_q["失眠怎么办？"]["reasoning"] == "第一步\n第二步"
+    assert by_q["胸痛要做什么检查？"]["reasoning"] == "先分析病因。"
+    assert all(r["source"] == "modelscope" and r["quality_f1"] == 0.93 for r in kept)
+
+    assert f"[read] {non_blank} non-blank lines (2 blank skipped)" in proc.stdout
+    assert f"[kept] {len(kept)} ->" in proc.stdout and f"[rejected] {len(rejects)} ->" in proc.stdout
+    for kind in ("bom=1", "crlf=2", "literal_newline=1", "surrounding_whitespace="):
+        assert kind in proc.stdout, proc.stdout
+    info = json.loads((tmp_path / "out" / "converted.run.json").read_text())
+    assert info["counts"]["kept"] == len(kept) and info["config"]["input"] == str(src)
+
+
+def test_hostile_teacher_files_lose_nothing(tmp_path):
+    good = {"question": "哮喘怎么用吸入剂？", "reasoning": ["摇匀", " ", "深吸气后屏气"], "answer": "漱口。"}
+    dump = lambda obj: json.dumps(obj, ensure_ascii=False).encode()  # noqa: E731
+    write_lines(tmp_path / "001.jsonl", [
+        dump(good),
+        dump({**good, "reasoning": []}),                       # 2 wrong_type (empty list)
+        dump({**good, "reasoning": "一段文字"}),               # 3 wrong_type (not a list)
+        dump({**good, "reasoning": ["a", 1]}),                 # 4 wrong_type (not strings)
+        dump({**good, "reasoning": ["</think>"]}),             # 5 think_tag
+    ])
+    write_lines(tmp_path / "002.jsonl", [b"", b"not json", dump({**good, "question": "胃痛怎么办？"})])
+    (tmp_path / "notes.txt").write_text("不是教师数据")
+    out = tmp_path / "teacher_filtered.jsonl"
+    run_script("data/generated_teacher_filtered.py", "--input_dir", tmp_path, "--output", out,
+               cwd=tmp_path, check=True)
+    # The merge must not read its own previous outputs back in on a re-run.
+    proc = run_script("data/generated_teacher_filtered.py", "--input_dir", tmp_path, "--pattern", "*.jsonl",
+                      "--output", out, cwd=tmp_path, check=True)
+    kept = read_jsonl(out)
+    assert [(r["id"], r["reasoning"]) for r in kept] == [("001-1", "摇匀\n深吸气后屏气"),
+                                                        ("002-3", "摇匀\n深吸气后屏气")]
+    rejects = read_jsonl(tmp_path / "teacher_filtered.rejects.jsonl")
+    assert [(Path(r["file"]).name, r["line"], r["reason"]) for r in rejects] == [
+        ("001.jsonl", 2, "wrong_type"), ("001.jsonl", 3, "wrong_type"), ("001.jsonl", 4, "wrong_type"),
+        ("001.jsonl", 5, "think_tag"), ("002.jsonl", 2, "invalid_json")]
+    assert "[read] 7 non-blank lines (1 blank skipped)" in proc.stdout
+    assert "blank_step_dropped=2" in proc.stdout
+
+
+def sft_line(question: str, reasoning="分析。", answer="回答。") -> bytes:
+    return json.dumps({"input": question, "output": f"<think>\n{reasoning}\n</think>\n\n{answer}"},
+                      ensure_ascii=False).encode()
+
+
+def test_split_dedupes_rejects_bad_lines_and_is_deterministic(tmp_path):
+    lines = [sft_line(f"问题{i}：第{i}种症状怎么处理？", reasoning="想" * (i * 7 % 50 + 1)) for i in range(60)]
+    lines += [
+        sft_line("问题3: 第3种症状怎么处理?"),          # 61 duplicate of line 4 (width / punctuation)
+        sft_line("问题５：第５种 症状怎么处理？"),       # 62 duplicate of line 6 (full-width digit, space)
+        b'{"input": "q", "output": "no think block"}',  # 63 bad_sft_output
+        b"{oops",                                       # 64 invalid_json
+        "\ufeff".encode() + sft_line("带BOM和CRLF的问题") + b"\r",  # 65 kept, written without BOM / CR
+        json.dumps({"input": "多余字段的问题", "output": "<think>\n想\n</think>\n\n答", "source": "x"},
+                   ensure_ascii=False).encode(),       # 66 kept as exactly {"input", "output"}
+    ]
+    src = write_lines(tmp_path / "sft.jsonl", lines)
+    runs = {}
+    for name, seed in (("a", 42), ("b", 42)):  # seed sensitivity: tests/test_records.py
+        out_dir = tmp_path / name
+        proc = run_script("data/split_sft_train.py", "--input", src, "--output_dir", out_dir, "--seed", seed,
+                          "--val_ratio", 0.1, cwd=tmp_path, check=True)
+        runs[name] = {f: (out_dir / f).read_bytes() for f in ("train.jsonl", "val.jsonl")}
+    assert runs["a"] == runs["b"]
+
+    out_dir = tmp_path / "a"
+    train, val = read_jsonl(out_dir / "train.jsonl"), read_jsonl(out_dir / "val.jsonl")
+    assert len(train) + len(val) == 62 and len(val) == 6
+    written = (out_dir / "train.jsonl").read_bytes() + (out_dir / "val.jsonl").read_bytes()
+    assert b"\r" not in written and "\ufeff".encode() not in written and b'"source"' not in written
+    assert {"带BOM和CRLF的问题", "多余字段的问题"} <= {r["input"] for r in train + val}
+    assert not {dedup_key(r["input"]) for r in train} & {dedup_key(r["input"]) for r in val}
+    assert all(parse_output(r["output"]).think_closed and list(r) == ["input", "output"] for r in train + val)
+    rejects = read_jsonl(out_dir / "sft.split.rejects.jsonl")
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (61, "duplicate_question"), (62, "duplicate_question"), (63, "bad_sft_output"), (64, "invalid_json")]
+    assert "line 4" in rejects[0]["detail"] and "line 6" in rejects[1]["detail"]
+
+    stats = json.loads((out_dir / "sft_stats.json").read_text())
+    assert (stats["read"], stats["kept"], stats["rejected"]) == (66, 62, 4)
+    assert stats["splits"]["val"]["records"] == 6 and stats["splits"]["train"]["records"] == 56
+    assert set(stats["splits"]["train"]["output_chars"]) == {"p50", "p90", "p99", "max"}
+    assert stats["seed"] == 42 and stats["run"]["config"]["seed"] == 42
+    assert "[val] 6 ->" in proc.stdout
+
+
+def test_two_records_give_one_val_and_one_record_is_an_error(tmp_path):
+    two = write_lines(tmp_path / "two.jsonl", [sft_line("问题一"), sft_line("问题二")])
+    run_script("data/split_stf_r1_data.py", "--input", two, "--output_dir", tmp_path / "s", check=True)
+    assert len(read_jsonl(tmp_path / "s" / "sft_r1_val.jsonl")) == 1
+    assert len(read_jsonl(tmp_path / "s" / "sft_r1_train.jsonl")) == 1
+
+    one = write_lines(tmp_path / "one.jsonl", [sft_line("问题一"), sft_line("问题一？")])
+    proc = run_script("data/split_stf_r1_data.py", "--input", one, "--output_dir", tmp_path / "o")
+    assert_one_line_error(proc, "one.jsonl", "1 usable record", "at least 2")
+    assert not (tmp_path / "o" / "sft_r1_train.jsonl").exists()
+
+
+def test_missing_input_and_nothing_kept_are_one_line_errors(tmp_path):
+    proc = run_script("data/generated_converted_data.py", "--input", tmp_path / "nope.jsonl",
+                      "--output", tmp_path / "c.jsonl")
+    assert_one_line_error(proc, "nope.jsonl", "not found")
+
+    bad = write_lines(tmp_path / "bad.jsonl", [b"{", b"[]"])
+    out = tmp_path / "c.jsonl"
+    proc = run_script("data/generated_converted_data.py", "--input", bad, "--output", out)
+    assert_one_line_error(proc, "bad.jsonl", "no usable record", "c.rejects.jsonl")
+    assert not out.exists()  # nothing half-made for the next stage to read
+    assert [r["reason"] for r in read_jsonl(tmp_path / "c.rejects.jsonl")] == ["invalid_json", "not_object"]
+
+
+def test_full_chain_on_fixtures_from_another_folder(tmp_path):
+    """Both branches end to end; relative --input paths resolve from the repository root."""
+    conv, sft, tf, sft_t = (tmp_path / n for n in ("conv.jsonl", "sft_r1.jsonl", "tf.jsonl", "sft_train.jsonl"))
+    steps = [
+        ("data/generated_converted_data.py", "--input", "tests/fixtures/data/modelscope_small.jsonl",
+         "--output", conv),
+        ("data/generated_stf_r1_data.py", "--input", conv, "--output", sft),
+        ("data/split_stf_r1_data.py", "--input", sft, "--output_dir", tmp_path / "ds"),
+        ("data/generated_teacher_filtered.py", "--input_dir", "tests/fixtures/data/teacher", "--output", tf),
+        ("data/build_sft_dataset.py", "--input", tf, "--output", sft_t),
+        ("data/split_sft_train.py", "--input", sft_t, "--output_dir", tmp_path / "ds"),
+    ]
+    for script, *args in steps:
+        run_script(script, *args, cwd=tmp_path, check=True)
+
+    unified = read_jsonl(conv)
+    assert len(unified) == 8 and unified[0]["origin"] == {"file": "tests/fixtures/data/modelscope_small.jsonl",
+                                                          "line": 1}
+    assert list(unified[0]) == ["id", "source", "instruction", "question", "reasoning", "answer",
+                                "quality_f1", "origin"]
+    sft_records = read_jsonl(sft)
+    assert len(sft_records) == 8
+    assert sft_records[2]["input"] == "请以全科医生的身份回答。\n\n孩子发烧38.5℃需要马上去医院吗？"
+    for u, s in zip(unified, sft_records):
+        assert s["output"] == f"<think>\n{u['reasoning']}\n</think>\n\n{u['answer']}"
+    assert "\\n" not in sft_records[1]["output"]  # the literal backslash-n became a newline
+
+    ds = tmp_path / "ds"
+    r1_train, r1_val = read_jsonl(ds / "sft_r1_train.jsonl"), read_jsonl(ds / "sft_r1_val.jsonl")
+    assert len(r1_train) + len(r1_val) == 7 and len(r1_val) == 1  # one duplicate question removed
+    teacher = read_jsonl(tf)
+    assert len(teacher) == 6 and {r["source"] for r in teacher} == {"r1_generated"}
+    train, val = read_jsonl(ds / "train.jsonl"), read_jsonl(ds / "val.jsonl")
+    assert len(train) + len(val) == 5 and len(val) == 1
+    assert json.loads((ds / "sft_r1_stats.json").read_text())["rejected_by_reason"] == {"duplicate_question": 1}
+    assert (ds / "sft_stats.json").is_file() and (ds / "sft_train.split.rejects.jsonl").is_file()
