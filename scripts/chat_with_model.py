@@ -1,0 +1,130 @@
+"""Chat with a model in the terminal: streamed reasoning and answer, multi-turn, save/load.
+
+The reasoning streams first (labelled, dimmed on a terminal; `think off` hides it), then the answer.
+Earlier answers go back into the context without their reasoning (DeepSeek's advice for R1); the
+saved transcript keeps it. When the conversation outgrows the model's context, the oldest turns
+leave the context and you are told. Type `help` for the commands (Chinese or English).
+
+When stdin is not a terminal, each line is one message or command and nothing waits for input, so
+the chat can be scripted; `--once "问题"` answers one question and exits.
+
+Reads:  a model folder (--model: base, LoRA adapter -> its base is loaded, or merged), or a menu of model/
+Writes: conversations/<name>.json on `save` (atomic): {"model_path", "timestamp", "settings", "conversation"}
+
+    python scripts/chat_with_model.py
+    python scripts/chat_with_model.py --model model/tiny_r1_lora/best_model --max_new_tokens 96
+    echo "高血压患者平时饮食要注意什么？" | python scripts/chat_with_model.py --model model/tiny_r1
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r1_sft.chat import (NOTICE, ChatSession, ChatSettings, context_limit, find_model_folders,  # noqa: E402
+                         set_setting)
+from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
+from r1_sft.generation import R1_TEMPERATURE, R1_TOP_P  # noqa: E402
+from r1_sft.modeling import load_model  # noqa: E402
+from r1_sft.paths import display_path, repo_path  # noqa: E402
+
+
+@dataclass
+class Config:
+    model: str = ""  # model folder (base, LoRA adapter or merged); "" = choose from a menu of model/
+    max_new_tokens: int = 2048  # generation budget per answer (tokens); R1 reasoning is long
+    temperature: float = R1_TEMPERATURE  # sampling temperature (R1 advice 0.6); 0 = greedy
+    top_p: float = R1_TOP_P  # nucleus sampling (R1 advice 0.95)
+    think: bool = True  # show the reasoning as it streams (--no_think hides it; `think on|off` in the chat)
+    max_context: int = 0  # cap on context tokens; 0 = the model's own limit (max_position_embeddings)
+    once: str = ""  # answer this one question and exit
+    conversations_dir: str = "conversations"  # where `save` writes and `load` looks (repo-relative)
+    use_4bit: bool = False  # load the weights in 4-bit NF4 (bitsandbytes) to save memory
+    seed: int = -1  # random seed for sampling; -1 = not fixed
+    debug_prompt: bool = False  # print each prompt's text (what the model sees) before answering
+
+
+def choose_model(cfg: Config, interactive: bool) -> str:
+    """The --model folder, or one picked from a numbered menu of what is under model/."""
+    if cfg.model:
+        return cfg.model
+    folders = find_model_folders(repo_path("model"))
+    if not folders:
+        raise UserError("model/: no model folders found (run `python download_model/download_model.py`, "
+                        "or pass --model PATH)")
+    if not interactive:
+        if len(folders) == 1:
+            return str(folders[0])
+        raise UserError("no --model given and stdin is not a terminal: pass --model, one of "
+                        + ", ".join(display_path(f) for f in folders))
+    print("可用模型 models:")
+    for i, folder in enumerate(folders, 1):
+        print(f"  {i}. {display_path(folder)}")
+    while True:
+        try:
+            choice = input(f"选择模型 choose 1-{len(folders)} [1]> ").strip() or "1"
+        except (EOFError, KeyboardInterrupt):
+            raise UserError("no model chosen") from None
+        if choice.isdigit() and 1 <= int(choice) <= len(folders):
+            return str(folders[int(choice) - 1])
+        print("请输入编号 (enter a number)")
+
+
+def read_lines(session: ChatSession, interactive: bool):
+    """User lines: readline-edited prompts on a terminal, plain stdin lines (echoed) otherwise."""
+    while True:
+        if interactive:
+            line = input("\n你 you> ")
+        else:
+            line = sys.stdin.readline()
+            if not line:
+                return
+            line = line.rstrip("\n")
+            if line.strip():
+                session.say(f"\n你 you> {line}")
+        yield line
+
+
+@cli_main
+def main(cfg: Config) -> None:
+    interactive = sys.stdin.isatty() and not cfg.once
+    if interactive:
+        import readline  # noqa: F401  (line editing and input history for input())
+    if cfg.seed >= 0:
+        from transformers import set_seed
+
+        set_seed(cfg.seed)
+    model_path = choose_model(cfg, interactive)
+    model, tokenizer = load_model(model_path, use_4bit=cfg.use_4bit)
+    limit = context_limit(model, tokenizer, cfg.max_context)
+    settings = ChatSettings(think=cfg.think)
+    for name in ("temperature", "top_p", "max_new_tokens"):
+        try:
+            set_setting(settings, name, str(getattr(cfg, name)), limit)
+        except ValueError as exc:
+            raise UserError(f"--{name}: {exc}") from None
+    session = ChatSession(model, tokenizer, display_path(repo_path(model_path)), settings, limit,
+                          repo_path(cfg.conversations_dir), out=sys.stdout,
+                          color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"),
+                          interactive=interactive, debug_prompt=cfg.debug_prompt)
+    print(NOTICE, flush=True)
+    print(f"[chat] context limit {limit} tokens, max_new_tokens {settings.max_new_tokens}, "
+          f"temperature {settings.temperature}, top_p {settings.top_p}; 输入 help 查看命令 (type help)", flush=True)
+    if cfg.once:
+        session.reply(cfg.once)
+        return
+    try:
+        for line in read_lines(session, interactive):
+            if not session.handle_line(line):
+                break
+    except (EOFError, KeyboardInterrupt):  # Ctrl-D / Ctrl-C at the prompt end the session
+        session.say("")
+    session.finish()
+    print(f"[chat] session ended: {len(session.history) // 2} turn(s)", flush=True)
+
+
+if __name__ == "__main__":
+    main(parse_config(Config))
