@@ -1,0 +1,80 @@
+"""Smoke-test a model folder: answer three medical questions, printing reasoning and answer apart.
+
+Works on the real DeepSeek-R1-Distill-Qwen-1.5B, the offline tiny stand-in, a LoRA adapter folder
+(its base is loaded automatically) or a merged folder. Prompts come from the model's own chat
+template (ending in ``<think>\\n``), so the output starts inside the think block.
+
+Reads:  MODEL_PATH
+Writes: nothing, unless --output_file (JSONL: question, reasoning, answer, think_closed, new_tokens)
+
+    python scripts/test_model.py
+    python scripts/test_model.py --model_path model/tiny_r1 --max_new_tokens 64
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r1_sft.cli import cli_main, parse_config  # noqa: E402
+from r1_sft.generation import R1_TEMPERATURE, R1_TOP_P, generate_responses  # noqa: E402
+from r1_sft.jsonl_io import write_jsonl  # noqa: E402
+from r1_sft.modeling import load_model  # noqa: E402
+from r1_sft.paths import display_path, repo_path  # noqa: E402
+from r1_sft.r1_format import build_prompt, parse_output  # noqa: E402
+
+QUESTIONS = (
+    "我最近经常头痛，尤其是下午，休息后能缓解，可能是什么原因？",
+    "高血压患者平时饮食要注意什么？",
+    "孩子发烧到39度，在家应该怎么处理？什么情况下需要去医院？",
+)
+
+
+@dataclass
+class Config:
+    model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # model, merged or LoRA adapter folder
+    max_new_tokens: int = 1024  # generation budget per question (tokens); R1 reasoning is long
+    do_sample: bool = True  # sample with R1's advised temperature 0.6 / top_p 0.95 (greedy R1 tends to loop)
+    seed: int = 42  # random seed for sampling
+    use_4bit: bool = False  # load the weights in 4-bit NF4 (bitsandbytes) to save memory
+    output_file: str = ""  # optional JSONL of the results (repo-relative); "" = print only
+
+
+@cli_main
+def main(cfg: Config) -> list[dict]:
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    model, tokenizer = load_model(cfg.model_path, use_4bit=cfg.use_4bit)
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    print(f"[test_model] prompt of question 1: {build_prompt(tokenizer, conversations[0])!r}", flush=True)
+    sampling = f"sampling T={R1_TEMPERATURE} top_p={R1_TOP_P}" if cfg.do_sample else "greedy"
+    print(f"[test_model] answering {len(QUESTIONS)} questions ({sampling}, max_new_tokens={cfg.max_new_tokens})",
+          flush=True)
+    generations = generate_responses(model, tokenizer, conversations, max_new_tokens=cfg.max_new_tokens,
+                                     do_sample=cfg.do_sample)
+    results = []
+    for i, (question, gen) in enumerate(zip(QUESTIONS, generations), 1):
+        parsed = parse_output(gen.text)
+        stop = "EOS" if gen.stopped_by_eos else "max_new_tokens"
+        print(f"\n=== 问题 {i}: {question}", flush=True)
+        print(f"--- 推理过程:\n{parsed.reasoning or '（空）'}", flush=True)
+        answer = parsed.answer if parsed.think_closed else "（无：思考未以 </think> 结束）"
+        print(f"--- 最终回答:\n{answer or '（空）'}", flush=True)
+        print(f"--- {gen.new_tokens} tokens, stopped by {stop}", flush=True)
+        results.append({"question": question, "reasoning": parsed.reasoning, "answer": parsed.answer,
+                        "think_closed": parsed.think_closed, "new_tokens": gen.new_tokens,
+                        "stopped_by_eos": gen.stopped_by_eos})
+    closed = sum(r["think_closed"] for r in results)
+    print(f"\n[test_model] {closed}/{len(results)} answers closed their think block", flush=True)
+    if cfg.output_file:
+        out = repo_path(cfg.output_file)
+        n = write_jsonl(out, results)
+        print(f"[test_model] wrote {n} results to {display_path(out)}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_config(Config))
