@@ -1,0 +1,103 @@
+"""Distil an R1 teacher into DeepSeek-R1-Distill-Qwen-1.5B: sequence-level (default) or token-level.
+
+Sequence-level (default): plain QLoRA SFT on the teacher's answers (the teacher branch
+r1_generated/ -> dataset/train.jsonl + dataset/val.jsonl), with everything the SFT trainer has:
+the same encoding, QLoRA, padding-free batches, evaluation, best model, early stopping, resume.
+
+Token-level (``--use_teacher_logits``): a teacher that shares the student's tokenizer (e.g.
+DeepSeek-R1-Distill-Qwen-7B or 14B) runs frozen beside the student, and the loss over the
+trained (reasoning + answer) tokens becomes
+    (1 - LAMBDA_KL) · CE + LAMBDA_KL · KD_TEMPERATURE² · KL(teacher ‖ student)
+(r1_sft/distill.py; chunked over tokens, so full-vocabulary logits are never held for the whole
+batch). A teacher with another tokenizer is refused (one line, exit code 2) before training.
+
+Reads:  MODEL_PATH (student base), TRAIN_FILE and VAL_FILE ({"input", "output"} JSONL),
+        TEACHER_MODEL_PATH (token-level only).
+Writes: OUTPUT_DIR/checkpoint-N/, best_model/, final_model/ (LoRA adapter + tokenizer),
+        training_logs/ (log_history.jsonl with ce_loss / kl_loss / eval_kl_loss, loss_curve.png,
+        run_info.json).
+
+Example:
+    python scripts/train_distill.py                                   # sequence-level
+    python download_model/download_model.py --model_id deepseek-ai/DeepSeek-R1-Distill-Qwen-7B
+    python scripts/train_distill.py --use_teacher_logits --lambda_kl 0.5 --kd_temperature 1.0
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
+from r1_sft.distill import KDTrainer, check_same_tokenizer, kd_peak_bytes, load_teacher  # noqa: E402
+from r1_sft.modeling import load_tokenizer  # noqa: E402
+from r1_sft.paths import display_path, repo_path  # noqa: E402
+from r1_sft.training import TrainConfig, run_training  # noqa: E402
+
+
+@dataclass
+class Config(TrainConfig):
+    # The settings people change most; every other knob (and its meaning) is in r1_sft/training.py TrainConfig.
+    model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # student base model folder
+    train_file: str = "dataset/train.jsonl"  # teacher-branch training records {"input", "output"}
+    val_file: str = "dataset/val.jsonl"  # teacher-branch validation records (eval loss, best model)
+    output_dir: str = "model/deepseek_r1_1.5b_distill"  # checkpoints, best_model/, final_model/, training_logs/
+    max_length: int = 2048  # longest example in tokens; longer ones are skipped and counted
+    use_4bit: bool = True  # student in 4-bit NF4 (QLoRA); --no_use_4bit for LoRA on bf16 weights
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
+    learning_rate: float = 2e-4  # peak learning rate
+    num_train_epochs: float = 3.0  # passes over the training data
+    max_steps: int = -1  # optimizer steps; > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4  # sequences per device per micro-batch
+    gradient_accumulation_steps: int = 4  # micro-batches per optimizer step (effective batch 16 on one GPU)
+    eval_steps: int = 50  # validation loss every N steps
+    save_steps: int = 50  # checkpoint every N steps (a multiple of eval_steps)
+    early_stopping_patience: int = 3  # stop after N evaluations without improvement (0 = off)
+    seed: int = 42  # LoRA init, data order, dropout
+    use_teacher_logits: bool = False  # token-level KD from a teacher's logits; off = sequence-level (SFT on its answers)
+    teacher_model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-7B"  # teacher folder (same tokenizer as the student)
+    teacher_use_4bit: bool = True  # teacher weights in 4-bit NF4 (7B: ~5 GB instead of ~15 GB); --no_teacher_use_4bit for bf16
+    lambda_kl: float = 0.5  # weight λ of the KL term, 0..1 (0 = plain SFT; 1 = KL only)
+    kd_temperature: float = 1.0  # softmax temperature T of both models in the KL (the KL is scaled by T²)
+    kd_chunk_tokens: int = 1024  # trained positions per logits chunk (memory ≈ 24 bytes × chunk × vocab)
+
+
+@cli_main
+def main(cfg: Config) -> None:
+    if not cfg.use_teacher_logits:
+        print(f"[distill] sequence-level: SFT on the teacher's answers in {cfg.train_file} "
+              f"(--use_teacher_logits for token-level distillation)", flush=True)
+        run_training(cfg)
+        return
+    if not 0.0 <= cfg.lambda_kl <= 1.0:
+        raise UserError(f"--lambda_kl {cfg.lambda_kl}: must be between 0 and 1 (0 = plain SFT, 1 = KL only)")
+    if cfg.kd_temperature <= 0:
+        raise UserError(f"--kd_temperature {cfg.kd_temperature}: must be > 0 (1.0 = the models' own distributions)")
+    if cfg.kd_chunk_tokens < 1:
+        raise UserError(f"--kd_chunk_tokens {cfg.kd_chunk_tokens}: must be >= 1")
+
+    student_tokenizer = load_tokenizer(cfg.model_path, padding_side="right")
+    if cfg.dry_run:  # check the pairing, show the encoding, load no model
+        check_same_tokenizer(student_tokenizer, load_tokenizer(cfg.teacher_model_path), cfg.model_path,
+                             cfg.teacher_model_path)
+        print(f"[distill] teacher {display_path(repo_path(cfg.teacher_model_path))} shares the student's tokenizer",
+              flush=True)
+        run_training(cfg)
+        return
+    teacher, kl_vocab = load_teacher(cfg.teacher_model_path, student_tokenizer, cfg.model_path,
+                                     use_4bit=cfg.teacher_use_4bit)
+    when = "every step" if cfg.lambda_kl > 0 else "evaluation only (lambda_kl=0: training is plain SFT)"
+    print(f"[distill] token-level: loss = {1 - cfg.lambda_kl:g}·CE + {cfg.lambda_kl:g}·{cfg.kd_temperature:g}²·"
+          f"KL(teacher ‖ student) over trained tokens; teacher runs {when}; KL over {kl_vocab} tokens in chunks "
+          f"of {cfg.kd_chunk_tokens} positions (~{kd_peak_bytes(cfg.kd_chunk_tokens, kl_vocab) / 2**30:.2f} GiB)",
+          flush=True)
+    run_training(cfg, trainer_cls=KDTrainer, trainer_kwargs=dict(
+        teacher_model=teacher, lambda_kl=cfg.lambda_kl, kd_temperature=cfg.kd_temperature, kl_vocab=kl_vocab,
+        kd_chunk_tokens=cfg.kd_chunk_tokens))
+
+
+if __name__ == "__main__":
+    main(parse_config(Config))
