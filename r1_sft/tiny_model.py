@@ -141,7 +141,7 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int = 2000):
 
 def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
                      num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 256,
-                     vocab_size: int = 2000, pretrain_steps: int = 150, batch_size: int = 8,
+                     vocab_size: int = 2000, pretrain_steps: int = 500, batch_size: int = 8,
                      block_size: int = 128, learning_rate: float = 5e-3,
                      corpus_files: Sequence[str | Path] | None = None, verbose: bool = True) -> TinyModelReport:
     """Build the tiny R1 stand-in into ``out_dir`` (tokenizer, config, bf16 safetensors, generation config).

@@ -379,6 +379,9 @@ def build_training_args(cfg: TrainConfig, output_dir: Path, sampling_strategy: s
         seed=cfg.seed,
         report_to="none",
         dataloader_pin_memory=torch.cuda.is_available(),
+        # On a machine without CUDA, accelerate runs real multi-process DDP under torchrun only
+        # with use_cpu set; without it each process silently trains alone.
+        use_cpu=not torch.cuda.is_available(),
         save_only_model=False,  # optimizer, scheduler and RNG state are needed for an exact resume
         ddp_find_unused_parameters=False if distributed else None,
         deepspeed=str(repo_path(cfg.deepspeed)) if cfg.deepspeed else None,

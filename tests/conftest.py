@@ -14,6 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# Tiny models are overhead-bound: one thread per process is faster than two fighting over 2 cores,
+# and it keeps results identical from run to run. Set before any test imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_script(script: str, *args: str, cwd: str | Path | None = None, input: str | None = None,
