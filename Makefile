@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.installed-stamp
 TINY      := model/tiny_r1
 TINY_LORA := model/tiny_r1_lora
 
+# The tiny model is overhead-bound on a CPU: one thread per process beats two threads contending.
+OMP_NUM_THREADS ?= 1
+export OMP_NUM_THREADS
+
 .PHONY: install demo test data bench clean-demo
 
 install: $(STAMP)
@@ -23,11 +27,15 @@ demo: install data $(TINY)/config.json
 	@echo "== 2. model: try the tiny offline R1 stand-in"
 	$(PY) scripts/test_model.py --model_path $(TINY)
 	@echo "== 3. training: QLoRA SFT of the tiny model on the sample data"
-	$(PY) scripts/train_stf_r1_train_val.py --demo
+	$(PY) scripts/train_stf_r1_train_val.py --model_path $(TINY) --output_dir $(TINY_LORA) \
+		--overwrite_output_dir --max_length 512 --num_train_epochs 10 --learning_rate 2e-2 \
+		--per_device_train_batch_size 4 --gradient_accumulation_steps 1 --eval_steps 30 --save_steps 30 \
+		--logging_steps 10 --no_gradient_checkpointing \
+		--lora_target_modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head
 	@echo "== 4. evaluation: base vs fine-tuned"
-	$(PY) scripts/evaluate_model.py --demo
+	$(PY) scripts/evaluate_model.py --base_model $(TINY) --adapter $(TINY_LORA)/best_model --num_samples 8 --batch_size 8 --max_new_tokens 384 --run_name demo
 	@echo "== 5. chat: one scripted turn with the fine-tuned model"
-	echo "高血压患者平时饮食要注意什么？" | $(PY) scripts/chat_with_model.py --model $(TINY_LORA)/best_model --max_new_tokens 96
+	echo "高血压患者平时饮食要注意什么？" | $(PY) scripts/chat_with_model.py --model $(TINY_LORA)/best_model --max_new_tokens 512
 
 # Built offline (no hub access needed); rebuilt only when missing.
 $(TINY)/config.json: | install
@@ -46,7 +54,7 @@ data: install
 test: install
 	$(PY) -m pytest -q
 
-bench: install
+bench: install data $(TINY)/config.json
 	$(PY) bench/data_pipeline.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/eval_throughput.py

@@ -445,9 +445,13 @@ class ChatSession:
             return False
         parsed = parse_output(result.text)
         speed = result.new_tokens / result.seconds if result.seconds > 0 else 0.0
-        note = "" if parsed.think_closed else (
-            f"; 推理未结束，没有回答 (reasoning cut off at max_new_tokens={self.settings.max_new_tokens}: "
-            f"set max_new_tokens N)")
+        if parsed.think_closed:
+            note = ""
+        elif result.stopped_by_eos:
+            note = "; 模型在推理中途停止，没有回答 (the model stopped before closing its reasoning: no answer)"
+        else:
+            note = (f"; 推理未结束，没有回答 (reasoning cut off at max_new_tokens={self.settings.max_new_tokens}: "
+                    f"set max_new_tokens N)")
         self.say(f"[{result.new_tokens} tokens, {speed:.1f} tokens/s{note}]")
         self.history += [{"role": "user", "content": user_text, "reasoning": ""},
                          {"role": "assistant", "content": parsed.answer, "reasoning": parsed.reasoning}]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import torch
 
 from .cli import UserError
 from .paths import REPO_ROOT, display_path, repo_path
+
+# peft 0.21 still calls a transformers method that 5.x renamed; the warning says nothing to users.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_INFO = "merge_info.json"  # written by merge_adapter(); marks a folder as a merged adapter

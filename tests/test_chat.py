@@ -304,3 +304,17 @@ def test_once_answers_one_question_with_reasoning_hidden(tiny_model_dir, tmp_pat
     assert NOTICE in proc.stdout and HIDDEN_LABEL in proc.stdout and " tokens/s" in proc.stdout
     assert REASONING_LABEL not in proc.stdout and "这一行不该被读取" not in proc.stdout
     assert "session ended" not in proc.stdout
+
+
+@pytest.mark.parametrize("stopped_by_eos, expected", [(True, "stopped before closing its reasoning"),
+                                                      (False, "cut off at max_new_tokens=16")])
+def test_a_reply_without_an_answer_says_why(tiny, tmp_path, monkeypatch, stopped_by_eos, expected):
+    import r1_sft.chat as chat
+
+    reply = chat.StreamedReply("还在推理", 3, 0.1, stopped_by_user=False, stopped_by_eos=stopped_by_eos)
+    monkeypatch.setattr(chat, "stream_reply", lambda *args, **kwargs: reply)
+    out = io.StringIO()
+    session = session_for(tiny, tmp_path, out=out)
+    assert session.reply("头痛怎么办？")
+    assert expected in out.getvalue()
+    assert session.history[-1] == {"role": "assistant", "content": "", "reasoning": "还在推理"}
