@@ -145,6 +145,13 @@ def sample_metrics(prediction: str, reference: str, stopped_by_eos: bool | None 
     return {
         "answer": text_scores(parsed.answer, ref_answer),
         "full": text_scores(full_text(parsed.reasoning, parsed.answer), full_text(ref_reasoning, ref_answer)),
+        **_output_shape(prediction, parsed, stopped_by_eos, new_tokens),
+    }
+
+
+def _output_shape(prediction: str, parsed, stopped_by_eos: bool | None, new_tokens: int | None) -> dict:
+    """Format rates, repetition and lengths of one output: the same for open and multiple-choice tasks."""
+    return {
         "format": {"think_closed": float(parsed.think_closed),
                    "answer_nonempty": float(bool(parsed.answer)),
                    "eos": None if stopped_by_eos is None else float(stopped_by_eos)},
@@ -205,13 +212,5 @@ def mcq_sample_metrics(prediction: str, gold: str, stopped_by_eos: bool | None =
     parsed = parse_output(prediction)
     choice = extract_choice(parsed.answer)
     gold = "".join(sorted(set(gold.strip().upper())))
-    return {
-        "choice": choice,
-        "correct": float(choice == gold),
-        "format": {"think_closed": float(parsed.think_closed),
-                   "answer_nonempty": float(bool(parsed.answer)),
-                   "eos": None if stopped_by_eos is None else float(stopped_by_eos)},
-        "repetition": repetition(prediction),
-        "lengths": {"reasoning_chars": len(parsed.reasoning), "answer_chars": len(parsed.answer),
-                    "new_tokens": new_tokens},
-    }
+    return {"choice": choice, "correct": float(choice == gold),
+            **_output_shape(prediction, parsed, stopped_by_eos, new_tokens)}
