@@ -63,8 +63,13 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
     if not path.is_file():
         raise UserError(f"{display_path(path)}: file not found (run the earlier stage that writes it, "
                         f"or pass the right path)")
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{display_path(path)}:{lineno}: not UTF-8 text (re-save the file as UTF-8, "
+                                f"or run it through the data stage, which rejects such lines)") from None
             if not line.strip():
                 continue
             try:

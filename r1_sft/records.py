@@ -16,9 +16,11 @@ rejected (with its 1-based physical line number and a reason code) and the rest 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,6 +302,24 @@ def validate_sft(obj: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Duplicate questions
+
+# Everything that is not a letter or digit of some script: whitespace, punctuation, symbols.
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def dedup_key(text: str) -> str:
+    """The question as compared for duplicates: NFKC (full-width -> half-width), case-folded,
+    with whitespace, punctuation and symbols removed (letters and digits of every script kept)."""
+    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+
+def question_key(text: str) -> int:
+    """An 8-byte digest of :func:`dedup_key` (a collision among 10^6 questions: probability ~3e-8)."""
+    return int.from_bytes(hashlib.blake2b(dedup_key(text).encode("utf-8"), digest_size=8).digest(), "big")
+
+
+# ---------------------------------------------------------------------------------------------
 # Streaming a stage
 
 Transform = Callable[[dict, Origin, Counter], dict]
@@ -354,6 +374,7 @@ def convert_jsonl(inputs: Iterable[Path], transform: Transform, output: Path) ->
                             f"earlier stage that writes it)")
     tally = Tally()
     rejects = rejects_path(output)
+    first_seen: dict[int, str] = {}  # question digest -> where it first appeared (8 bytes a record)
     with atomic_open(rejects, buffering=WRITE_BUFFER) as rej_fh:
         try:
             with atomic_open(output, buffering=WRITE_BUFFER) as out_fh:
@@ -362,7 +383,14 @@ def convert_jsonl(inputs: Iterable[Path], transform: Transform, output: Path) ->
                         try:
                             if isinstance(obj, RecordError):
                                 raise obj
-                            line = to_json_line(transform(obj, origin, tally.normalised))
+                            record = transform(obj, origin, tally.normalised)
+                            if "question" in record:  # unified records: a question once, whatever its instruction
+                                key = question_key(record["question"])
+                                if key in first_seen:
+                                    raise RecordError(DUPLICATE_QUESTION, f"same question (after normalisation) "
+                                                                          f"as {first_seen[key]}")
+                                first_seen[key] = f"{origin.file}:{origin.line}"
+                            line = to_json_line(record)
                         except RecordError as exc:
                             tally.rejected[exc.reason] += 1
                             rej_fh.write(to_json_line(reject_entry(origin, exc, raw)))

@@ -15,8 +15,6 @@ import hashlib
 import json
 import math
 import random
-import re
-import unicodedata
 from array import array
 from collections import Counter
 from pathlib import Path
@@ -25,22 +23,7 @@ from .cli import UserError
 from .jsonl_io import atomic_open, atomic_write_text, iter_raw_lines
 from .paths import display_path
 from .records import (DUPLICATE_QUESTION, WRITE_BUFFER, RecordError, Tally, iter_objects, parse_object,
-                      print_tally, reject_entry, to_json_line, validate_sft)
-
-
-# Everything that is not a letter or digit of some script: whitespace, punctuation, symbols.
-_NOT_WORD = re.compile(r"[\W_]+")
-
-
-def dedup_key(text: str) -> str:
-    """The question as compared for duplicates: NFKC (full-width -> half-width), case-folded,
-    with whitespace, punctuation and symbols removed (letters and digits of every script kept)."""
-    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).casefold())
-
-
-def _digest(text: str) -> int:
-    # 8 bytes: a collision among 10^6 questions has probability ~3e-8.
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+                      print_tally, question_key, reject_entry, to_json_line, validate_sft)
 
 
 def choose_val(lengths: list[int] | array, keys: list[int] | array, val_ratio: float,
@@ -104,7 +87,7 @@ def split_jsonl(input_path: Path, output_dir: Path, train_file: str, val_file: s
                 if isinstance(obj, RecordError):
                     raise obj
                 record = validate_sft(obj)
-                key = _digest(dedup_key(record["input"]))
+                key = question_key(record["input"])
                 if key in first_line:
                     raise RecordError(DUPLICATE_QUESTION,
                                       f"same question (after normalisation) as line {first_line[key]}")

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_script
 from r1_sft.r1_format import parse_output
-from r1_sft.splits import dedup_key
+from r1_sft.records import dedup_key
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 
@@ -212,12 +212,15 @@ def test_full_chain_on_fixtures_from_another_folder(tmp_path):
         run_script(script, *args, cwd=tmp_path, check=True)
 
     unified = read_jsonl(conv)
-    assert len(unified) == 8 and unified[0]["origin"] == {"file": "tests/fixtures/data/modelscope_small.jsonl",
+    assert len(unified) == 7 and unified[0]["origin"] == {"file": "tests/fixtures/data/modelscope_small.jsonl",
                                                           "line": 1}
     assert list(unified[0]) == ["id", "source", "instruction", "question", "reasoning", "answer",
                                 "quality_f1", "origin"]
+    # Line 8 repeats line 1's question (full-width "?" vs "?"): rejected at conversion, with its line.
+    assert [(r["line"], r["reason"]) for r in read_jsonl(tmp_path / "conv.rejects.jsonl")] == [
+        (8, "duplicate_question")]
     sft_records = read_jsonl(sft)
-    assert len(sft_records) == 8
+    assert len(sft_records) == 7
     assert sft_records[2]["input"] == "请以全科医生的身份回答。\n\n孩子发烧38.5℃需要马上去医院吗？"
     for u, s in zip(unified, sft_records):
         assert s["output"] == f"<think>\n{u['reasoning']}\n</think>\n\n{u['answer']}"
@@ -225,10 +228,10 @@ def test_full_chain_on_fixtures_from_another_folder(tmp_path):
 
     ds = tmp_path / "ds"
     r1_train, r1_val = read_jsonl(ds / "sft_r1_train.jsonl"), read_jsonl(ds / "sft_r1_val.jsonl")
-    assert len(r1_train) + len(r1_val) == 7 and len(r1_val) == 1  # one duplicate question removed
+    assert len(r1_train) + len(r1_val) == 7 and len(r1_val) == 1
     teacher = read_jsonl(tf)
-    assert len(teacher) == 6 and {r["source"] for r in teacher} == {"r1_generated"}
+    assert len(teacher) == 5 and {r["source"] for r in teacher} == {"r1_generated"}
     train, val = read_jsonl(ds / "train.jsonl"), read_jsonl(ds / "val.jsonl")
     assert len(train) + len(val) == 5 and len(val) == 1
-    assert json.loads((ds / "sft_r1_stats.json").read_text())["rejected_by_reason"] == {"duplicate_question": 1}
+    assert json.loads((ds / "sft_r1_stats.json").read_text())["rejected_by_reason"] == {}
     assert (ds / "sft_stats.json").is_file() and (ds / "sft_train.split.rejects.jsonl").is_file()

@@ -8,7 +8,8 @@ import pytest
 
 from r1_sft import records as R
 from r1_sft.r1_format import format_output, parse_output
-from r1_sft.splits import choose_val, dedup_key, percentiles
+from r1_sft.records import dedup_key
+from r1_sft.splits import choose_val, percentiles
 
 ORIGIN = R.Origin("modelscope_r1_data/x.jsonl", "x", 7)
 
@@ -231,3 +232,34 @@ def test_committed_sample_inputs_convert_without_a_single_reject(repo, tmp_path)
                                 tmp_path / f"t{path.stem}.jsonl")
         assert tally.kept >= 20 and tally.n_rejected == 0, path
 
+
+
+def test_conversion_keeps_a_question_once_whatever_its_instruction(tmp_path):
+    """The same question with and without an instruction would otherwise reach both splits."""
+    import functools
+    import json
+
+    from r1_sft.records import convert_jsonl, modelscope_record
+
+    rows = [{"instruction": "", "question": "孩子发烧39度怎么办？", "think": "考虑感染。\n", "answer": "及时就医。",
+             "metrics": {"quality_f1": 0.95}},
+            {"instruction": "请以儿科医生身份回答。", "question": "孩子发烧 39 度怎么办", "think": "考虑感染。",
+             "answer": "多喝水，及时就医。", "metrics": {"quality_f1": 0.93}}]
+    src = tmp_path / "raw.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "converted.jsonl"
+    tally = convert_jsonl([src], functools.partial(modelscope_record, max_chars=16000), out)
+    assert tally.kept == 1 and dict(tally.rejected) == {"duplicate_question": 1}
+    rejected = [json.loads(line) for line in (tmp_path / "converted.rejects.jsonl").read_text("utf-8").splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejected] == [(2, "duplicate_question")]
+    assert "raw.jsonl:1" in rejected[0]["detail"]
+
+
+def test_reading_a_non_utf8_file_is_a_one_line_user_error(tmp_path):
+    from r1_sft.cli import UserError
+    from r1_sft.jsonl_io import read_jsonl
+
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b'{"input": "a", "output": "b"}\n{"input": "\xff\xfe"}\n')
+    with pytest.raises(UserError, match=r"train.jsonl:2: not UTF-8"):
+        list(read_jsonl(path))
