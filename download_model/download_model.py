@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,10 @@ def download(cfg: Config, out: Path, host: str) -> None:
                       f"*.safetensors) in {display_path(out)}, or pass its path as --local_dir here / "
                       f"--model_path to later stages")
         if _is_network_error(exc):
+            if _complete_copy(out):  # offline, but an earlier download (or a copied folder) is whole
+                print(f"[download] cannot reach {netloc} ({_first_line(exc)}); using the complete local copy in "
+                      f"{display_path(out)}", flush=True)
+                return
             raise UserError(f"cannot reach {netloc} to download {cfg.model_id} ({_first_line(exc)}); "
                             f"{local_copy}") from None
         raise UserError(f"download of {cfg.model_id} from {netloc} failed: {type(exc).__name__}: "
@@ -127,8 +132,18 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
 
 
 def _is_network_error(exc: BaseException) -> bool:
-    return any(isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in (
-        "NetworkError", "ConnectError", "ConnectTimeout", "LocalEntryNotFoundError") for e in _exception_chain(exc))
+    # requests' ConnectionError is not the builtin one; match the client libraries' names too.
+    return any(isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)) or type(e).__name__ in (
+        "NetworkError", "ConnectError", "ConnectTimeout", "ConnectionError", "MaxRetryError",
+        "NameResolutionError", "LocalEntryNotFoundError") for e in _exception_chain(exc))
+
+
+def _complete_copy(folder: Path) -> bool:
+    try:
+        verify_model_folder(folder)
+        return True
+    except UserError:
+        return False
 
 
 def _first_line(exc: BaseException) -> str:
