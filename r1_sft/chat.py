@@ -69,11 +69,20 @@ HELP = """命令 (commands):
 (Ctrl-C while generating stops that answer; Ctrl-C or Ctrl-D at the prompt ends the session.)"""
 
 
+# Commands that take no argument: "help me read my report" is a question, not a command.
+_NO_ARGUMENT = {"quit", "clear", "stats", "help", "retry"}
+THINK_SWITCH = {"on": True, "开": True, "off": False, "关": False}
+
+
 def parse_command(line: str) -> tuple[str, str] | None:
     """``("save", "name")`` when the line's first word is a command word, else None (a message)."""
     word, _, arg = line.strip().partition(" ")
     name = _COMMAND_OF_WORD.get(word.lower().lstrip("/"))
-    return (name, arg.strip()) if name else None
+    if not name or (name in _NO_ARGUMENT and arg.strip()):
+        return None
+    if name == "think" and arg.strip() and arg.strip().lower() not in THINK_SWITCH:
+        return None  # "think about ..." is a message
+    return name, arg.strip()
 
 
 # ---------------------------------------------------------------- settings and context limit
@@ -406,7 +415,7 @@ class ChatSession:
         """Prompt ids for ``user_text`` after the context turns; drops the oldest turns (telling the
         user) until prompt + max_new_tokens fits the context limit. None if the question alone is too long."""
         budget = self.context_limit - self.settings.max_new_tokens
-        dropped = 0
+        dropped, start = 0, self.context_start
         while True:
             ids = encode_prompt(self.tokenizer, chat_messages(self._context(), user_text))
             if len(ids) <= budget:
@@ -415,6 +424,7 @@ class ChatSession:
                 self.say(f"[上下文 context] 问题太长：提示 {len(ids)} tokens > {budget} "
                          f"(= context {self.context_limit} - max_new_tokens {self.settings.max_new_tokens})；"
                          f"请缩短问题或 set max_new_tokens 更小 (question too long)")
+                self.context_start = start  # a refused question must not cost the conversation its context
                 return None
             self.context_start = min(self.context_start + 2, len(self.history))  # one user+assistant turn
             dropped += 1
@@ -573,7 +583,7 @@ class ChatSession:
         elif name == "retry":
             self.retry()
         elif name == "think":
-            value = {"on": True, "开": True, "off": False, "关": False}.get(arg.lower())
+            value = THINK_SWITCH.get(arg.lower())
             if value is None:
                 self.say("用法 usage: think on|off")
             else:

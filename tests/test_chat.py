@@ -69,6 +69,11 @@ def test_commands_in_chinese_and_english():
     assert parse_command("思考 关") == ("think", "关")
     assert parse_command("高血压患者平时饮食要注意什么？") is None
     assert parse_command("helpful advice please") is None
+    # A question that starts with a command word stays a question.
+    assert parse_command("help me read my blood test") is None
+    assert parse_command("clear 的鼻涕是感冒吗") is None
+    assert parse_command("think about my headache") is None
+    assert parse_command("think off") == ("think", "off")
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -318,3 +323,11 @@ def test_a_reply_without_an_answer_says_why(tiny, tmp_path, monkeypatch, stopped
     assert session.reply("头痛怎么办？")
     assert expected in out.getvalue()
     assert session.history[-1] == {"role": "assistant", "content": "", "reasoning": "还在推理"}
+
+
+def test_a_refused_long_question_keeps_the_context(tiny, tmp_path):
+    session = session_for(tiny, tmp_path, max_context=120)
+    session.history = [{"role": "user", "content": "我头痛", "reasoning": ""},
+                       {"role": "assistant", "content": "多休息，必要时就医。", "reasoning": "考虑紧张性头痛"}]
+    assert session.build_prompt_ids("很长的问题" * 200) is None
+    assert session.context_start == 0 and len(session._context()) == 2
