@@ -87,8 +87,6 @@ def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalIt
             question = rec["question"].strip() + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(options.items()))
             items.append(EvalItem(rec_id, question, build_user_text(question, MCQ_INSTRUCTION),
                                   "".join(sorted(set(answer.strip().upper())))))
-        else:
-            raise UserError(f"--task {task}: unknown task (use sft or mcq)")
         if num_samples and len(items) >= num_samples:
             break
     if not items:
@@ -299,6 +297,10 @@ def run_evaluation(cfg: EvalConfig) -> Path | None:
         return None
     if cfg.task not in ("sft", "mcq"):
         raise UserError(f"--task {cfg.task}: unknown task (use sft or mcq)")
+    for flag, value, least in (("batch_size", cfg.batch_size, 1), ("max_new_tokens", cfg.max_new_tokens, 1),
+                               ("num_samples", cfg.num_samples, 0)):
+        if value < least:
+            raise UserError(f"--{flag} {value}: must be at least {least}" + (" (0 = all)" if least == 0 else ""))
     items = load_items(cfg.data, cfg.task, cfg.num_samples)
     print(f"[read] {display_path(repo_path(cfg.data))}: {len(items)} {cfg.task} samples", flush=True)
     model_paths = {"base": cfg.base_model}

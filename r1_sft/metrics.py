@@ -197,8 +197,10 @@ def extract_choice(answer: str, letters: str = "ABCDE") -> str:
     import re
 
     group = rf"[{letters}](?:\s*[、,，/和及与]?\s*[{letters}])*"
-    stated = re.search(rf"答案\s*(?:应该|应)?\s*(?:是|为)?\s*[:：]?\s*({group})(?![A-Za-z])", answer)
-    found = stated or re.search(rf"(?<![A-Za-z])({group})(?![A-Za-z])", answer)
+    # "答案：**B**", "所以选B", "最终选择 C": the last such statement wins (models revise themselves).
+    statements = list(re.finditer(rf"(?:答案|选择|选)\s*(?:应该|应)?\s*(?:是|为)?\s*[:：]?[\s*]*({group})(?![A-Za-z])",
+                                  answer))
+    found = statements[-1] if statements else re.search(rf"(?<![A-Za-z])({group})(?![A-Za-z])", answer)
     if not found:
         return ""
     return "".join(sorted(set(re.findall(rf"[{letters}]", found.group(1)))))

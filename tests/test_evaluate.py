@@ -175,6 +175,10 @@ def test_bad_records_missing_adapter_and_missing_vllm_are_user_errors(tiny_model
     with pytest.raises(UserError, match="no_adapter"):  # refused before the base model spends time generating
         run_evaluation(EvalConfig(data=str(SFT_VAL), base_model=str(tiny_model_dir),
                                   adapter=str(tmp_path / "no_adapter"), output_dir=str(tmp_path)))
+    for flag, value in (("batch_size", 0), ("max_new_tokens", 0), ("num_samples", -1)):
+        with pytest.raises(UserError, match=f"--{flag} {value}: must be at least"):
+            run_evaluation(EvalConfig(data=str(SFT_VAL), base_model=str(tiny_model_dir), adapter="",
+                                      output_dir=str(tmp_path), **{flag: value}))
     if not vllm_available():
         with pytest.raises(UserError, match="vllm is not installed"):
             generate_all({"base": str(tiny_model_dir)}, ["头痛怎么办？"], max_new_tokens=4, backend="vllm")

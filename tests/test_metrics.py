@@ -150,6 +150,7 @@ def test_summary_block_has_the_issue_keys_and_means():
 @pytest.mark.parametrize("answer, choice", [
     ("答案：B", "B"), ("正确答案是 A、C。", "AC"), ("答案为ABD", "ABD"), ("我选择 C，因为……", "C"),
     ("DNA 检测提示 B 项正确", "B"), ("根据指南，答案应为 D。选项A不对。", "D"), ("不确定", ""),
+    ("选项A错误，选项B正确。答案：**B**", "B"), ("A项不对，所以选B", "B"), ("答案不是A。最终答案：C", "C"),
 ])
 def test_extract_choice(answer, choice):
     assert extract_choice(answer) == choice
