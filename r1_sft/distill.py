@@ -225,6 +225,16 @@ def distillation_loss(model, inputs: dict, *, teacher=None, lambda_kl: float = 0
 
 # ----------------------------------------------------------------------------- the Trainer
 
+def check_kd_settings(lambda_kl: float, kd_temperature: float, kd_chunk_tokens: int) -> None:
+    """Refuse KD settings that make no sense, before anything loads."""
+    if not 0.0 <= lambda_kl <= 1.0:
+        raise UserError(f"--lambda_kl {lambda_kl}: must be between 0 and 1 (0 = plain SFT, 1 = KL only)")
+    if kd_temperature <= 0:
+        raise UserError(f"--kd_temperature {kd_temperature}: must be > 0 (1.0 = the models' own distributions)")
+    if kd_chunk_tokens < 1:
+        raise UserError(f"--kd_chunk_tokens {kd_chunk_tokens}: must be >= 1")
+
+
 class KDTrainer(SFTTrainer):
     """The SFT trainer (``training.SFTTrainer``) with the distillation loss; plugs into ``training.run_training``.
 
@@ -238,12 +248,7 @@ class KDTrainer(SFTTrainer):
     def __init__(self, *args, teacher_model=None, lambda_kl: float = 0.5, kd_temperature: float = 1.0,
                  kl_vocab: int | None = None, kd_chunk_tokens: int = 1024, **kwargs):
         super().__init__(*args, **kwargs)
-        if not 0.0 <= lambda_kl <= 1.0:
-            raise UserError(f"--lambda_kl {lambda_kl}: must be between 0 and 1")
-        if kd_temperature <= 0:
-            raise UserError(f"--kd_temperature {kd_temperature}: must be > 0")
-        if kd_chunk_tokens < 1:
-            raise UserError(f"--kd_chunk_tokens {kd_chunk_tokens}: must be >= 1")
+        check_kd_settings(lambda_kl, kd_temperature, kd_chunk_tokens)
         if teacher_model is None and lambda_kl > 0:
             raise UserError("lambda_kl > 0 needs a teacher model (--teacher_model_path)")
         self.teacher_model = teacher_model

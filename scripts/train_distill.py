@@ -31,10 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
-from r1_sft.distill import KDTrainer, check_same_tokenizer, kd_peak_bytes, load_teacher  # noqa: E402
+from r1_sft.distill import KDTrainer, check_kd_settings, check_same_tokenizer, kd_peak_bytes, load_teacher  # noqa: E402
 from r1_sft.modeling import load_tokenizer  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
-from r1_sft.training import TrainConfig, run_training  # noqa: E402
+from r1_sft.training import TrainConfig, check_config, run_training  # noqa: E402
 
 
 @dataclass
@@ -72,12 +72,13 @@ def main(cfg: Config) -> None:
               f"(--use_teacher_logits for token-level distillation)", flush=True)
         run_training(cfg)
         return
-    if not 0.0 <= cfg.lambda_kl <= 1.0:
-        raise UserError(f"--lambda_kl {cfg.lambda_kl}: must be between 0 and 1 (0 = plain SFT, 1 = KL only)")
-    if cfg.kd_temperature <= 0:
-        raise UserError(f"--kd_temperature {cfg.kd_temperature}: must be > 0 (1.0 = the models' own distributions)")
-    if cfg.kd_chunk_tokens < 1:
-        raise UserError(f"--kd_chunk_tokens {cfg.kd_chunk_tokens}: must be >= 1")
+    # Cheap checks first: a large teacher takes minutes to load.
+    check_kd_settings(cfg.lambda_kl, cfg.kd_temperature, cfg.kd_chunk_tokens)
+    check_config(cfg)
+    for data_file in (cfg.train_file, cfg.val_file):
+        if not repo_path(data_file).is_file():
+            raise UserError(f"{display_path(repo_path(data_file))}: data file not found (run the teacher branch of "
+                            f"step 1: data/generated_teacher_filtered.py, build_sft_dataset.py, split_sft_train.py)")
 
     student_tokenizer = load_tokenizer(cfg.model_path, padding_side="right")
     if cfg.dry_run:  # check the pairing, show the encoding, load no model
