@@ -13,7 +13,7 @@ TINY_LORA := model/tiny_r1_lora
 OMP_NUM_THREADS ?= 1
 export OMP_NUM_THREADS
 
-.PHONY: install demo test data bench clean-demo
+.PHONY: install demo test data bench
 
 install: $(STAMP)
 

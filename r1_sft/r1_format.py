@@ -40,24 +40,24 @@ def parse_output(text: str) -> ParsedOutput:
     """Split model output or an SFT ``output`` into reasoning and answer.
 
     Accepts text with or without the opening ``<think>`` (generated text starts inside the think
-    block). An unclosed think block means no answer. Text with no think tags at all is treated as
-    an answer with no reasoning only if it has no opening tag either.
+    block). An unclosed think block -- including text with no tags at all, which never left the
+    implicit think block -- means reasoning and no answer.
     """
     body = text.lstrip()
-    had_open = body.startswith(THINK_OPEN)
-    if had_open:
+    if body.startswith(THINK_OPEN):
         body = body[len(THINK_OPEN):]
     if THINK_CLOSE in body:
         reasoning, _, answer = body.partition(THINK_CLOSE)
         return ParsedOutput(reasoning.strip(), answer.strip(), True)
-    if had_open:
-        return ParsedOutput(body.strip(), "", False)
-    # No tags at all: the model started inside the (implicit) think block and never closed it.
     return ParsedOutput(body.strip(), "", False)
 
 
 def chat_messages(history: Sequence[dict], user_text: str) -> list[dict]:
-    """Messages for the next prompt: earlier assistant turns carry only their answers (R1 advice)."""
+    """Messages for the next prompt: earlier assistant turns carry only their answers (R1 advice).
+
+    An assistant turn is either a full output (its reasoning is cut here) or already just an answer
+    (what the chat keeps in its history), which passes unchanged.
+    """
     messages = []
     for turn in history:
         content = turn["content"]
