@@ -362,3 +362,19 @@ def test_download_without_network_says_which_host_and_how_to_use_a_local_copy(tm
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot reach 127.0.0.1:{port} ")
     assert "local copy" in last and "--local_dir" in last
+
+
+def test_download_offline_goes_on_with_a_complete_local_copy(tiny_model_dir, tmp_path):
+    """The fix the offline error suggests (put the model folder in place) must then work offline."""
+    import shutil
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    local = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, local)
+    proc = _download(f"http://127.0.0.1:{port}", local, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "using the complete local copy" in proc.stdout
+    (local / "config.json").unlink()  # an incomplete copy is still an error
+    assert _download(f"http://127.0.0.1:{port}", local, tmp_path).returncode == 2
