@@ -186,6 +186,12 @@ def clean_text(value, name: str, normalised: Counter, *, literal_newlines: bool 
     return stripped
 
 
+def find_think_tag(text: str) -> str | None:
+    """The first ``<think>`` / ``</think>`` tag in ``text`` (any case or spacing), or None."""
+    match = _THINK_TAG_RE.search(text)
+    return match.group(0) if match else None
+
+
 def _no_think_tags(text: str, name: str) -> None:
     # The SFT output must open and close its think block exactly once.
     match = _THINK_TAG_RE.search(text)
