@@ -1,4 +1,4 @@
-"""Stage 1c: ask an R1 teacher (DeepSeek API or a local vLLM server) to answer medical questions.
+"""Stage 1 (teacher branch, before 1d): ask an R1 teacher (DeepSeek API or a local vLLM server) to answer medical questions.
 
 Reads  r1_generated/questions.jsonl ({"question"} with optional "instruction" and "id"; a
        ModelScope-schema file or a .txt file with one question per line work too).

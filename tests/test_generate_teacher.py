@@ -24,7 +24,7 @@ from fake_openai import FakeOpenAI, answer_for, reasoning_for
 from r1_sft.cli import UserError
 from r1_sft.records import question_key
 from r1_sft.teacher_api import Completion, backoff_delay, judge, reasoning_steps, retry_after_seconds
-from r1_sft.teacher_store import answered_keys, compact_rejects, load_questions
+from r1_sft.teacher_store import AppendLog, answered_keys, compact_rejects, load_questions
 
 SCRIPT = "data/generate_teacher_data.py"
 KEY = "sk-test-7f3a9c1e5b"  # the fake server's key; must appear in no file and no output
@@ -109,6 +109,14 @@ def test_questions_from_txt_modelscope_and_jsonl(tmp_path):
         load_questions(bad)
     qs, _ = load_questions(REPO / "r1_generated/questions.jsonl")  # the committed sample
     assert len(qs) >= 20 and len({q.id.split("-", 1)[1] for q in qs}) >= 20  # many departments
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path):
+    first = AppendLog(tmp_path / "004.jsonl", lock=True)
+    with pytest.raises(UserError, match="another run is writing to this file"):
+        AppendLog(tmp_path / "004.jsonl", lock=True)
+    first.close()
+    AppendLog(tmp_path / "004.jsonl", lock=True).close()
 
 
 def test_torn_last_line_is_cut_and_rejects_keep_only_the_unanswered(tmp_path):
