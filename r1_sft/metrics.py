@@ -2,26 +2,41 @@
 
 Definitions (all scores in [0, 1]):
 
-* ROUGE-1/2/L F1 on jieba words (whitespace tokens dropped, punctuation kept, as in the usual
-  Chinese convention). N-gram overlap is clipped (multiset) counting, ROUGE-L is the sentence-level
-  longest common subsequence; F1 = 2 * overlap / (hyp_count + ref_count). These are exactly what
-  the `rouge` package (pltrdy, 1.0.1) returns with ``exclusive=False`` on one sentence -- the tests
-  pin that -- but computed with Counters and a bit-parallel LCS, because that package's ROUGE-L
-  builds an O(n*m) dict and recurses once per word (RecursionError past ~1,000 words: a full R1
-  output is longer) and it splits "sentences" on every ASCII "." (numbered lists, decimals).
+* ROUGE-1/2/L F1 on jieba **words only**: whitespace, punctuation and symbol tokens (every
+  character of the token in a Unicode P* or S* category: ，。、！？：；（）《》“”…, +, %, ℃, ≥ ...)
+  are dropped before counting, so two answers that share only punctuation score 0 and a score says
+  how much content two texts share, not how alike their punctuation style is. This differs from
+  LLaMA-Factory's convention (jieba tokens, punctuation kept, scored with rouge-chinese), which gives
+  ``今天天晴，适合去公园散步。`` vs ``高血压患者应低盐饮食。`` ROUGE-1 0.14 on the shared ``。``; our
+  figures are therefore a little lower and not directly comparable with theirs. N-gram overlap is
+  clipped (multiset) counting, ROUGE-L is the sentence-level longest common subsequence;
+  F1 = 2 * overlap / (hyp_count + ref_count). On the same word lists these are exactly what the
+  `rouge` package (pltrdy, 1.0.1) returns with ``exclusive=False`` on one sentence -- the tests pin
+  that -- but computed with Counters and a bit-parallel LCS, because that package's ROUGE-L builds
+  an O(n*m) dict and recurses once per word (RecursionError past ~1,000 words: a full R1 output is
+  longer) and it splits "sentences" on every ASCII "." (numbered lists, decimals).
   rouge_score's default tokenizer must not be used: it deletes Chinese characters (shared FACTS).
 * BLEU-4: sacrebleu sentence BLEU with ``tokenize="zh"`` (every CJK character is a token), the
-  default "exp" smoothing (= NLTK method3) and effective order, divided by 100.
+  default "exp" smoothing (= NLTK method3) and effective order, divided by 100. (BLEU keeps
+  sacrebleu's standard tokenization, punctuation included, so it stays comparable with others'.)
 * Empty text: when the hypothesis or the reference has no tokens, every score is 0 -- also when
   both are empty. An empty prediction never earns credit, and the reference is never empty on
   real data (this matches LLaMA-Factory's convention).
 * Repetition: share of repeated character 4-grams (whitespace removed) =
   1 - distinct 4-grams / all 4-grams; 0 for texts under 4 characters. Characters, not words, so it
-  does not depend on the segmenter and catches loops in any script.
+  does not depend on the segmenter and catches loops in any script. Lower is better.
+* Outcome of one output, three cases kept apart (they sum to 1):
+  ``answered`` (the think block closed and an answer follows), ``cut_off`` (no answer, generation
+  hit max_new_tokens), ``stopped_without_answer`` (no answer, the model stopped by itself).
+  Scores are reported over all outputs (a missing answer scores 0) and, in ``over_answered``, over
+  the answered ones only: the first says how useful the model is at this token budget, the second
+  how good its answers are when it gives one.
 """
 from __future__ import annotations
 
 import logging
+import statistics
+import unicodedata
 from collections import Counter
 from functools import lru_cache
 from typing import Iterable, Sequence
@@ -37,9 +52,14 @@ def _jieba():
     return jieba
 
 
+def is_word(token: str) -> bool:
+    """False for whitespace, punctuation and symbol tokens (every character in a Unicode Z*, P* or S* category)."""
+    return any(not unicodedata.category(ch).startswith(("Z", "P", "S")) and not ch.isspace() for ch in token)
+
+
 def words(text: str) -> list[str]:
-    """jieba words of ``text``, whitespace tokens dropped."""
-    return [w for w in _jieba().lcut(text) if w.strip()]
+    """jieba words of ``text``: whitespace, punctuation and symbol tokens dropped (see the module docstring)."""
+    return [w for w in _jieba().lcut(text) if is_word(w)]
 
 
 def ngram_counts(tokens: Sequence[str], n: int) -> Counter:
@@ -149,34 +169,107 @@ def sample_metrics(prediction: str, reference: str, stopped_by_eos: bool | None 
     }
 
 
+OUTCOMES = ("answered", "cut_off", "stopped_without_answer")
+
+
+def outcome(parsed, stopped_by_eos: bool | None) -> str | None:
+    """``answered`` / ``cut_off`` / ``stopped_without_answer`` (None: no answer and the stop reason is unknown)."""
+    if parsed.think_closed and parsed.answer:
+        return "answered"
+    if stopped_by_eos is None:
+        return None
+    return "stopped_without_answer" if stopped_by_eos else "cut_off"
+
+
 def _output_shape(prediction: str, parsed, stopped_by_eos: bool | None, new_tokens: int | None) -> dict:
-    """Format rates, repetition and lengths of one output: the same for open and multiple-choice tasks."""
+    """Format rates, outcome, repetition and lengths of one output: the same for open and multiple-choice tasks."""
     return {
         "format": {"think_closed": float(parsed.think_closed),
                    "answer_nonempty": float(bool(parsed.answer)),
                    "eos": None if stopped_by_eos is None else float(stopped_by_eos)},
+        "outcome": outcome(parsed, stopped_by_eos),
         "repetition": repetition(prediction),
         "lengths": {"reasoning_chars": len(parsed.reasoning), "answer_chars": len(parsed.answer),
                     "new_tokens": new_tokens},
     }
 
 
-def summarize(samples: Sequence[dict], tokens_per_s: float | None = None) -> dict:
-    """A model's block: means of the per-sample metrics, with the keys of summary.json.
-
-    Open-ended samples give ``answer``/``full`` scores; multiple-choice samples give ``accuracy``.
-    """
+def _scores(samples: Sequence[dict]) -> dict:
+    """The quality scores of some samples: answer/full (open) or accuracy (multiple choice)."""
     block: dict = {}
     if samples and "answer" in samples[0]:
         for part in ("answer", "full"):
             block[part] = {k: mean(s[part][k] for s in samples) for k in SCORE_KEYS}
     if samples and "correct" in samples[0]:
         block["accuracy"] = mean(s["correct"] for s in samples)
+    return block
+
+
+def summarize(samples: Sequence[dict], tokens_per_s: float | None = None) -> dict:
+    """A model's block: means of the per-sample metrics, with the keys of summary.json.
+
+    Open-ended samples give ``answer``/``full`` scores; multiple-choice samples give ``accuracy``,
+    ``accuracy_single``/``accuracy_multi`` (one correct letter or several) and, when samples carry a
+    ``group`` (exam class / subject), ``groups``. ``outcome`` holds the three rates (None where the
+    stop reason is unknown); ``over_answered`` the scores over answered outputs only.
+    """
+    block: dict = _scores(samples)
+    if samples and "correct" in samples[0]:
+        single = [s for s in samples if not s["multi"]]
+        multi = [s for s in samples if s["multi"]]
+        block["accuracy_single"], block["n_single"] = mean(s["correct"] for s in single), len(single)
+        block["accuracy_multi"], block["n_multi"] = mean(s["correct"] for s in multi), len(multi)
+        if any(s.get("group") for s in samples):
+            groups: dict[str, list[dict]] = {}
+            for s in samples:
+                groups.setdefault(s.get("group") or "-", []).append(s)
+            block["groups"] = {name: {"accuracy": mean(s["correct"] for s in members), "n": len(members)}
+                               for name, members in sorted(groups.items())}
     block["format"] = {k: mean(s["format"][k] for s in samples) for k in ("think_closed", "answer_nonempty", "eos")}
+    known = all(s["outcome"] is not None for s in samples)
+    block["outcome"] = {k: mean(float(s["outcome"] == k) for s in samples) if known or k == "answered" else None
+                        for k in OUTCOMES}
+    answered = [s for s in samples if s["outcome"] == "answered"]
+    block["over_answered"] = {**(_scores(answered) or _empty_scores(samples)), "n": len(answered)}
     block["repetition"] = mean(s["repetition"] for s in samples)
     block["tokens_per_s"] = tokens_per_s
     block["n"] = len(samples)
     return block
+
+
+def _empty_scores(samples: Sequence[dict]) -> dict:
+    if samples and "answer" in samples[0]:
+        return {part: {k: None for k in SCORE_KEYS} for part in ("answer", "full")}
+    return {"accuracy": None}
+
+
+SPREAD_KEYS = ("answer", "full", "accuracy", "accuracy_single", "accuracy_multi", "format", "outcome", "repetition")
+
+
+def spread(blocks: Sequence[dict]) -> dict | None:
+    """Standard deviation across sample runs (one block per run) of each score; None for a single run."""
+    if len(blocks) < 2:
+        return None
+
+    def sd(values):
+        vals = [float(v) for v in values if v is not None]
+        return statistics.stdev(vals) if len(vals) >= 2 else None
+
+    out: dict = {}
+    for key in SPREAD_KEYS:
+        if key not in blocks[0]:
+            continue
+        first = blocks[0][key]
+        if isinstance(first, dict):
+            out[key] = {}
+            for sub in first:
+                if isinstance(first[sub], dict):
+                    out[key][sub] = {k: sd(b[key][sub][k] for b in blocks) for k in first[sub]}
+                else:
+                    out[key][sub] = sd(b[key][sub] for b in blocks)
+        else:
+            out[key] = sd(b[key] for b in blocks)
+    return out
 
 
 def mean_lengths(samples: Sequence[dict]) -> dict:
@@ -187,32 +280,18 @@ def mean_lengths(samples: Sequence[dict]) -> dict:
 
 # ---- multiple choice ------------------------------------------------------------------------
 
-def extract_choice(answer: str, letters: str = "ABCDE") -> str:
-    """The option letters chosen in an answer (sorted, e.g. "ABD"); "" when none is found.
-
-    Reads the text after ``</think>`` only (the caller passes the parsed answer). A statement
-    such as "答案：B" or "正确答案是 A、C" wins; otherwise the first group of stand-alone letters
-    (not part of a Latin word such as "DNA") counts.
-    """
-    import re
-
-    group = rf"[{letters}](?:\s*[、,，/和及与]?\s*[{letters}])*"
-    # "答案：**B**", "所以选B", "最终选择 C": the last such statement wins (models revise themselves).
-    statements = list(re.finditer(rf"(?:答案|选择|选)\s*(?:应该|应)?\s*(?:是|为)?\s*[:：]?[\s*]*({group})(?![A-Za-z])",
-                                  answer))
-    found = statements[-1] if statements else re.search(rf"(?<![A-Za-z])({group})(?![A-Za-z])", answer)
-    if not found:
-        return ""
-    return "".join(sorted(set(re.findall(rf"[{letters}]", found.group(1)))))
-
-
 def mcq_sample_metrics(prediction: str, gold: str, stopped_by_eos: bool | None = None,
-                       new_tokens: int | None = None) -> dict:
-    """Format/repetition metrics of one output plus ``choice`` and ``correct`` (exact letter set match)."""
+                       new_tokens: int | None = None, options=None, multi: bool | None = None) -> dict:
+    """Format/outcome metrics of one output plus ``choice``, ``correct`` (exact letter-set match) and ``multi``.
+
+    ``options``: the question's ``{"A": text, ...}`` (or its letters; default A-E) for the reader
+    (r1_sft.mcq.extract_choice). ``multi``: a multiple-answer question; default: gold has several letters.
+    """
+    from .mcq import extract_choice, normalize_gold
     from .r1_format import parse_output
 
     parsed = parse_output(prediction)
-    choice = extract_choice(parsed.answer)
-    gold = "".join(sorted(set(gold.strip().upper())))
-    return {"choice": choice, "correct": float(choice == gold),
+    gold = normalize_gold(gold)
+    choice = extract_choice(parsed.answer, options or "ABCDE") if parsed.think_closed else ""
+    return {"choice": choice, "correct": float(choice == gold), "multi": len(gold) > 1 if multi is None else multi,
             **_output_shape(prediction, parsed, stopped_by_eos, new_tokens)}
