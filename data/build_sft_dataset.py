@@ -23,7 +23,7 @@ from r1_sft.records import run_conversion, unified_to_sft  # noqa: E402
 
 @dataclass
 class Config:
-    input: str = "r1_generated/teacher_filtered.jsonl"  # unified teacher records (path from the repo root)
+    input: str = "r1_generated/teacher_filtered.jsonl"  # unified teacher records
     output: str = "dataset/sft_train.jsonl"  # SFT records; rejects and run info beside it
     max_chars: int = 16000  # reject records longer than this (input + reasoning + answer, characters)
 

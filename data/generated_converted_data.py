@@ -24,7 +24,7 @@ from r1_sft.records import modelscope_record, run_conversion  # noqa: E402
 
 @dataclass
 class Config:
-    input: str = "modelscope_r1_data/r1_data_example.jsonl"  # ModelScope JSONL (path from the repo root)
+    input: str = "modelscope_r1_data/r1_data_example.jsonl"  # ModelScope JSONL
     output: str = "modelscope_r1_data/converted_data.jsonl"  # unified records; rejects and run info beside it
     max_chars: int = 16000  # reject records longer than this (question + reasoning + answer, characters)
 

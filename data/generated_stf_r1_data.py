@@ -24,7 +24,7 @@ from r1_sft.records import run_conversion, unified_to_sft  # noqa: E402
 
 @dataclass
 class Config:
-    input: str = "modelscope_r1_data/converted_data.jsonl"  # unified records (path from the repo root)
+    input: str = "modelscope_r1_data/converted_data.jsonl"  # unified records
     output: str = "dataset/sft_r1_data.jsonl"  # SFT records; rejects and run info beside it
     max_chars: int = 16000  # reject records longer than this (input + reasoning + answer, characters)
 

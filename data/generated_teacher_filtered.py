@@ -17,13 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
-from r1_sft.paths import display_path, repo_path  # noqa: E402
+from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
 from r1_sft.records import run_conversion, teacher_record  # noqa: E402
 
 
 @dataclass
 class Config:
-    input_dir: str = "r1_generated"  # folder of teacher JSONL files (path from the repo root)
+    input_dir: str = "r1_generated"  # folder of teacher JSONL files
     pattern: str = "0*.jsonl"  # glob of the teacher files inside input_dir (merged in name order)
     output: str = "r1_generated/teacher_filtered.jsonl"  # unified records; rejects and run info beside it
     max_chars: int = 16000  # reject records longer than this (question + reasoning + answer, characters)
@@ -33,7 +33,7 @@ class Config:
 def main(cfg: Config):
     input_dir, output = repo_path(cfg.input_dir), repo_path(cfg.output)
     if not input_dir.is_dir():
-        raise UserError(f"{display_path(input_dir)}: folder not found (check --input_dir)")
+        raise UserError(f"{tried_path(input_dir)}: folder not found (check --input_dir)")
     # Never merge our own outputs back in, whatever the pattern.
     own = {output.name, f"{output.stem}.rejects.jsonl"}
     inputs = [p for p in sorted(input_dir.glob(cfg.pattern))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r1_sft.cli import cli_main, parse_config  # noqa: E402
+from r1_sft.cli import cli_main, name_field, parse_config  # noqa: E402
 from r1_sft.paths import repo_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
 from r1_sft.splits import split_jsonl  # noqa: E402
@@ -25,11 +25,11 @@ from r1_sft.splits import split_jsonl  # noqa: E402
 
 @dataclass
 class Config:
-    input: str = "dataset/sft_train.jsonl"  # SFT records {"input", "output"} (path from the repo root)
+    input: str = "dataset/sft_train.jsonl"  # SFT records {"input", "output"}
     output_dir: str = "dataset"  # folder for the train/val files, stats and rejects
-    train_file: str = "train.jsonl"  # training split, inside output_dir
-    val_file: str = "val.jsonl"  # validation split, inside output_dir
-    stats_file: str = "sft_stats.json"  # counts and length percentiles, inside output_dir
+    train_file: str = name_field("train.jsonl")  # training split, inside output_dir
+    val_file: str = name_field("val.jsonl")  # validation split, inside output_dir
+    stats_file: str = name_field("sft_stats.json")  # counts and length percentiles, inside output_dir
     val_ratio: float = 0.1  # fraction of (deduplicated) records for validation; at least 1 record
     seed: int = 42  # same seed and input -> byte-identical splits
 

@@ -8,9 +8,25 @@ A stage script ends with::
     if __name__ == "__main__":
         main(parse_config(Config))
 
-Every field becomes ``--name VALUE``; a bool field becomes ``--name`` / ``--no_name`` (``--name false``
-works too). The trailing comment of each field is its ``--help`` text, so each name and its meaning
-are written once. Plain argparse: no heavy import just to read flags.
+Every field becomes ``--name VALUE``; a bool field becomes the pair ``--name`` / ``--no_name``. The
+trailing comment of each field is its ``--help`` text, so each name and its meaning are written
+once. Plain argparse: no heavy import just to read flags.
+
+Paths. A path typed on the command line resolves from the current folder, as in every command-line
+tool: ``parse_config`` makes it absolute before the script sees it. A default written in the
+constants stays as written, and scripts resolve it from the repository root (``paths.repo_path``),
+so ``python data/generated_converted_data.py`` does the same from any folder. A str field is a path
+when
+
+* its metadata says so: ``field: str = path_field("...")`` (a path) or ``name_field("...")`` (never
+  a path, e.g. a file name that lives inside another folder field); otherwise, by its name,
+* it ends in ``_path``, ``_dir``, ``_file`` or ``_folder``, or it is one of ``PATH_NAMES``
+  (``input``, ``output``, ``data``, ``adapter``, ``base_model``, ``questions``, ``score``,
+  ``deepspeed``).
+
+``model`` is deliberately not in the list: it names a folder in the chat but an API model
+(``deepseek-reasoner``) elsewhere, so a script whose ``model`` is a folder says ``path_field``.
+Empty values (``""`` = "none" / "the default") and ``none`` are never touched; ``~`` is expanded.
 """
 from __future__ import annotations
 
@@ -19,6 +35,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import os
 import sys
 import tokenize
 import types
@@ -27,9 +44,71 @@ from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
+# Field names that hold a path (besides the suffixes below). See the module docstring.
+PATH_NAMES = frozenset({"input", "output", "data", "adapter", "base_model", "questions", "score", "deepspeed"})
+PATH_SUFFIXES = ("_path", "_dir", "_file", "_folder")
+_PATH_KEY = "path"  # dataclass field metadata: True = a path, False = never a path
+
 
 class UserError(Exception):
     """A mistake the user can fix (bad path, bad record, missing model): shown as one line, exit 2."""
+
+
+def path_field(default: str = ""):
+    """A str field whose typed value is a path (resolved from the current folder) whatever its name."""
+    return dataclasses.field(default=default, metadata={_PATH_KEY: True})
+
+
+def name_field(default: str = ""):
+    """A str field that is never resolved as a path, whatever its name (e.g. a file name inside another folder)."""
+    return dataclasses.field(default=default, metadata={_PATH_KEY: False})
+
+
+def is_path_field(field: dataclasses.Field) -> bool:
+    """The rule of the module docstring: metadata first, then the name."""
+    if _PATH_KEY in field.metadata:
+        return bool(field.metadata[_PATH_KEY])
+    return field.name in PATH_NAMES or field.name.endswith(PATH_SUFFIXES)
+
+
+def typed_path(text: str) -> str:
+    """A path typed on the command line, made absolute from the current folder ("" stays "")."""
+    if not text:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+class _PathAction(argparse.Action):
+    """Stores a typed path made absolute. Only typed values pass here: defaults stay as written."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, typed_path(values) if isinstance(values, str) else values)
+
+
+class _BoolAction(argparse.Action):
+    """``--name`` sets True, ``--no_name`` sets False; ``--help`` and the usage line show both."""
+
+    def __init__(self, option_strings, dest, default=None, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not option_string.startswith("--no_"))
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+_BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "y", "n", "on", "off"}
+
+
+def _bool_value_hint(parser: argparse.ArgumentParser, argv: list[str], extra: list[str]) -> str:
+    """For ``--use_4bit false``: say that a true/false setting is a flag pair and takes no value."""
+    for before, word in zip(argv, argv[1:]):
+        action = parser._option_string_actions.get(before)
+        if isinstance(action, _BoolAction) and word in extra and word.lower() in _BOOL_WORDS:
+            on, off = action.option_strings
+            return f" ({before} takes no value: write {on} or {off})"
+    return ""
 
 
 def _field_comments(config_cls: type) -> dict[str, str]:
@@ -51,23 +130,14 @@ def _field_comments(config_cls: type) -> dict[str, str]:
     return comments
 
 
-def _str_to_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "y", "on"):
-        return True
-    if value in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _converter(annotation) -> tuple[Callable[[str], object], bool]:
-    """The string -> value function for a field type, and whether the type is bool."""
+def _converter(annotation) -> tuple[Callable[[str], object] | None, type]:
+    """The string -> value function for a field type (None for bool: a flag pair), and the base type."""
     optional = False
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         optional, annotation = len(args) < len(typing.get_args(annotation)), args[0]
     if annotation is bool:
-        return _str_to_bool, True
+        return None, bool
     base = annotation if annotation in (int, float, str) else str
 
     def convert(text: str):
@@ -76,7 +146,7 @@ def _converter(annotation) -> tuple[Callable[[str], object], bool]:
         return base(text)
 
     convert.__name__ = base.__name__  # argparse names the type in its error messages
-    return convert, False
+    return convert, base
 
 
 def build_parser(config_cls: type) -> argparse.ArgumentParser:
@@ -86,26 +156,40 @@ def build_parser(config_cls: type) -> argparse.ArgumentParser:
     hints = typing.get_type_hints(config_cls)
     comments = _field_comments(config_cls)
     for field in dataclasses.fields(config_cls):
-        convert, is_bool = _converter(hints[field.name])
+        convert, base = _converter(hints[field.name])
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         help_text = comments.get(field.name, "")
-        if is_bool:
-            parser.add_argument(f"--{field.name}", type=_str_to_bool, nargs="?", const=True,
+        if base is bool:
+            parser.add_argument(f"--{field.name}", f"--no_{field.name}", dest=field.name, action=_BoolAction,
                                 default=default, help=help_text)
-            parser.add_argument(f"--no_{field.name}", dest=field.name, action="store_false",
-                                help=argparse.SUPPRESS)
+        elif base is str and is_path_field(field):
+            parser.add_argument(f"--{field.name}", type=convert, default=default, help=help_text,
+                                action=_PathAction)
         else:
             parser.add_argument(f"--{field.name}", type=convert, default=default, help=help_text)
     return parser
 
 
+def format_config(cfg) -> str:
+    """The resolved values as an aligned block, one field per line (what ``parse_config`` prints)."""
+    fields = dataclasses.fields(cfg)
+    width = max((len(f.name) for f in fields), default=0)
+    return "\n".join(["[config]"] + [f"  {f.name:<{width}} = {getattr(cfg, f.name)!r}" for f in fields])
+
+
 def parse_config(config_cls: type[T], argv: Sequence[str] | None = None, quiet: bool = False) -> T:
-    """Parse ``--name value`` flags named after the dataclass fields; print the resolved values."""
-    args = build_parser(config_cls).parse_args(list(argv) if argv is not None else None)
+    """Parse ``--name value`` flags named after the dataclass fields; print the resolved values.
+
+    Typed paths come back absolute (from the current folder); see the module docstring.
+    """
+    parser = build_parser(config_cls)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{_bool_value_hint(parser, argv, extra)}")
     cfg = config_cls(**vars(args))
     if not quiet:
-        fields = ", ".join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg))
-        print(f"[config] {fields}", flush=True)
+        print(format_config(cfg), flush=True)
     return cfg
 
 

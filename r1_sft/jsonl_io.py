@@ -57,19 +57,20 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
     A missing file or a line that is not a JSON object is a UserError naming the file and line.
     """
     from .cli import UserError
-    from .paths import display_path
+    from .paths import display_path, tried_path
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{display_path(path)}: file not found (run the earlier stage that writes it, "
+        raise UserError(f"{tried_path(path)}: file not found (run the earlier stage that writes it, "
                         f"or pass the right path)")
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
-                raise UserError(f"{display_path(path)}:{lineno}: not UTF-8 text (re-save the file as UTF-8, "
-                                f"or run it through the data stage, which rejects such lines)") from None
+                raise UserError(f"{display_path(path)}:{lineno}: not UTF-8 text (GBK? convert it with "
+                                f"`iconv -f GBK -t UTF-8 in.jsonl > out.jsonl`, or run it through the data "
+                                f"stage, which rejects such lines)") from None
             if not line.strip():
                 continue
             try:
@@ -77,7 +78,9 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
             except json.JSONDecodeError as exc:
                 raise UserError(f"{display_path(path)}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
-                raise UserError(f"{display_path(path)}:{lineno}: expected a JSON object")
+                raise UserError(f"{display_path(path)}:{lineno}: expected a JSON object, got "
+                                f"{type(obj).__name__} (write one object per line; convert a JSON array "
+                                f"with `jq -c '.[]' in.json > out.jsonl`)")
             yield obj
 
 

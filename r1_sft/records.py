@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 from .cli import UserError
 from .jsonl_io import atomic_open, atomic_write_text, iter_raw_lines
-from .paths import display_path
+from .paths import display_path, tried_path
 from .r1_format import THINK_CLOSE, THINK_OPEN, build_user_text, format_output
 
 SOURCE_MODELSCOPE = "modelscope"
@@ -53,6 +53,14 @@ NORM_CRLF = "crlf"
 NORM_LITERAL_NEWLINE = "literal_newline"  # the two characters backslash + n meant as a newline
 NORM_WHITESPACE = "surrounding_whitespace"
 NORM_BLANK_STEP = "blank_step_dropped"    # empty teacher reasoning step
+
+# What to do about a reject reason that usually means the whole file is in the wrong form.
+FIX_HINTS = {
+    UNDECODABLE: "lines that are not UTF-8 are usually GBK: convert the file with "
+                 "`iconv -f GBK -t UTF-8 in.jsonl > out.jsonl`",
+    NOT_OBJECT: "write one JSON object per line (JSONL), not a JSON array; convert an array file with "
+                "`jq -c '.[]' in.json > out.jsonl`",
+}
 
 _THINK_TAG_RE = re.compile(r"</?\s*think\s*>", re.IGNORECASE)
 WRITE_BUFFER = 1 << 20  # bytes: streaming outputs are written in large blocks
@@ -97,12 +105,19 @@ def _counts_text(counter: Counter) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(counter.items())) or "none"
 
 
+def fix_hints(tally: Tally) -> list[str]:
+    """The fixes that the reject reasons call for (a GBK file, a JSON array), in a fixed order."""
+    return [hint for reason, hint in FIX_HINTS.items() if tally.rejected.get(reason)]
+
+
 def print_tally(tally: Tally, inputs: Iterable[Path | str], kept_to: str, rejects: Path) -> None:
     """The stage's one-screen summary: read / kept / rejected / normalised, and the paths."""
     names = ", ".join(display_path(p) for p in inputs)
     print(f"[read] {tally.read} non-blank lines ({tally.blank} blank skipped) from {names}")
     print(f"[kept] {tally.kept} -> {kept_to}")
     print(f"[rejected] {tally.n_rejected} -> {display_path(rejects)} ({_counts_text(tally.rejected)})")
+    for hint in fix_hints(tally):
+        print(f"[hint] {hint}")
     print(f"[normalised] {_counts_text(tally.normalised)}", flush=True)
 
 
@@ -145,6 +160,8 @@ def to_json_line(obj: dict) -> str:
 
 def parse_object(text: str) -> dict:
     """Strict JSON object (NaN / Infinity rejected: other tools cannot read them back)."""
+    if text.lstrip().startswith("["):  # a JSON array on one line, or a line of a pretty-printed one
+        raise RecordError(NOT_OBJECT, "a JSON array (or part of one), not an object: write one object per line")
     try:
         obj = _DECODER.decode(text)
     except (json.JSONDecodeError, ValueError) as exc:
@@ -376,7 +393,7 @@ def convert_jsonl(inputs: Iterable[Path], transform: Transform, output: Path) ->
     inputs = [Path(p) for p in inputs]
     for path in inputs:
         if not path.is_file():
-            raise UserError(f"{display_path(path)}: input file not found (check --input, or run the "
+            raise UserError(f"{tried_path(path)}: input file not found (check --input, or run the "
                             f"earlier stage that writes it)")
     tally = Tally()
     rejects = rejects_path(output)
@@ -409,9 +426,10 @@ def convert_jsonl(inputs: Iterable[Path], transform: Transform, output: Path) ->
             pass
     if tally.kept == 0:
         names = ", ".join(display_path(p) for p in inputs)
+        hints = "".join(f"; {hint}" for hint in fix_hints(tally))
         raise UserError(f"{names}: no usable record ({tally.read} non-blank lines read, "
                         f"{tally.n_rejected} rejected: {_counts_text(tally.rejected)}; "
-                        f"see {display_path(rejects)} and fix the input)")
+                        f"see {display_path(rejects)} and fix the input{hints})")
     return tally
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from .cli import UserError
 from .jsonl_io import atomic_open, atomic_write_text, iter_raw_lines
-from .paths import display_path
-from .records import (DUPLICATE_QUESTION, WRITE_BUFFER, RecordError, Tally, iter_objects, parse_object,
-                      print_tally, question_key, reject_entry, to_json_line, validate_sft)
+from .paths import display_path, tried_path
+from .records import (DUPLICATE_QUESTION, WRITE_BUFFER, RecordError, Tally, fix_hints, iter_objects,
+                      parse_object, print_tally, question_key, reject_entry, to_json_line, validate_sft)
 
 
 def choose_val(lengths: list[int] | array, keys: list[int] | array, val_ratio: float,
@@ -70,7 +70,7 @@ def split_jsonl(input_path: Path, output_dir: Path, train_file: str, val_file: s
     if not 0.0 < val_ratio < 1.0:
         raise UserError(f"--val_ratio {val_ratio}: must be between 0 and 1 (e.g. 0.1)")
     if not input_path.is_file():
-        raise UserError(f"{display_path(input_path)}: input file not found (check --input, or run the "
+        raise UserError(f"{tried_path(input_path)}: input file not found (check --input, or run the "
                         f"earlier stage that writes it)")
     train_path, val_path = output_dir / train_file, output_dir / val_file
     stats_path = output_dir / stats_file
@@ -107,7 +107,7 @@ def split_jsonl(input_path: Path, output_dir: Path, train_file: str, val_file: s
     if tally.kept < 2:
         raise UserError(f"{display_path(input_path)}: {tally.kept} usable record(s) after dedup "
                         f"({tally.read} read, {tally.n_rejected} rejected, see {display_path(rejects)}); "
-                        f"a train/val split needs at least 2")
+                        f"a train/val split needs at least 2{''.join(f'; {h}' for h in fix_hints(tally))}")
 
     total = array("q", (a + b for a, b in zip(in_chars, out_chars)))
     val_idx = choose_val(total, keys, val_ratio, seed)

@@ -197,16 +197,15 @@ def test_missing_input_and_nothing_kept_are_one_line_errors(tmp_path):
 
 
 def test_full_chain_on_fixtures_from_another_folder(tmp_path):
-    """Both branches end to end; relative --input paths resolve from the repository root."""
+    """Both branches end to end, run from another folder with paths typed relative to it."""
     conv, sft, tf, sft_t = (tmp_path / n for n in ("conv.jsonl", "sft_r1.jsonl", "tf.jsonl", "sft_train.jsonl"))
     steps = [
-        ("data/generated_converted_data.py", "--input", "tests/fixtures/data/modelscope_small.jsonl",
-         "--output", conv),
-        ("data/generated_stf_r1_data.py", "--input", conv, "--output", sft),
-        ("data/split_stf_r1_data.py", "--input", sft, "--output_dir", tmp_path / "ds"),
-        ("data/generated_teacher_filtered.py", "--input_dir", "tests/fixtures/data/teacher", "--output", tf),
-        ("data/build_sft_dataset.py", "--input", tf, "--output", sft_t),
-        ("data/split_sft_train.py", "--input", sft_t, "--output_dir", tmp_path / "ds"),
+        ("data/generated_converted_data.py", "--input", FIXTURES / "modelscope_small.jsonl", "--output", "conv.jsonl"),
+        ("data/generated_stf_r1_data.py", "--input", "conv.jsonl", "--output", "sft_r1.jsonl"),
+        ("data/split_stf_r1_data.py", "--input", "sft_r1.jsonl", "--output_dir", "ds"),
+        ("data/generated_teacher_filtered.py", "--input_dir", FIXTURES / "teacher", "--output", "tf.jsonl"),
+        ("data/build_sft_dataset.py", "--input", "tf.jsonl", "--output", "sft_train.jsonl"),
+        ("data/split_sft_train.py", "--input", "sft_train.jsonl", "--output_dir", "ds"),
     ]
     for script, *args in steps:
         run_script(script, *args, cwd=tmp_path, check=True)
@@ -235,3 +234,84 @@ def test_full_chain_on_fixtures_from_another_folder(tmp_path):
     assert len(train) + len(val) == 5 and len(val) == 1
     assert json.loads((ds / "sft_r1_stats.json").read_text())["rejected_by_reason"] == {}
     assert (ds / "sft_stats.json").is_file() and (ds / "sft_train.split.rejects.jsonl").is_file()
+
+
+# ---------------------------------------------------------------- paths, hints and logs (issue 14)
+
+def test_typed_paths_resolve_from_the_current_folder_and_defaults_from_the_repo(tmp_path, repo):
+    work = tmp_path / "work"
+    work.mkdir()
+    write_lines(work / "mydata.jsonl", [ms_line("胸痛要做什么检查？"), ms_line("便秘怎么办？")])
+    proc = run_script("data/generated_converted_data.py", "--input", "mydata.jsonl", "--output", "out.jsonl",
+                      cwd=work, check=True)
+    assert [r["question"] for r in read_jsonl(work / "out.jsonl")] == ["胸痛要做什么检查？", "便秘怎么办？"]
+    assert json.loads((work / "out.run.json").read_text())["config"]["input"] == str(work / "mydata.jsonl")
+    assert not (repo / "out.jsonl").exists()
+
+    # Not typed: the default input is the repository's sample, wherever the command runs.
+    proc = run_script("data/generated_converted_data.py", "--output", "sample.jsonl", cwd=work, check=True)
+    assert "from modelscope_r1_data/r1_data_example.jsonl" in proc.stdout
+    assert read_jsonl(work / "sample.jsonl")
+
+    # The split's file names stay inside the (typed, relative) output folder.
+    sft = write_lines(work / "sft.jsonl", [sft_line("问题一"), sft_line("问题二"), sft_line("问题三")])
+    run_script("data/split_sft_train.py", "--input", sft.name, "--output_dir", "ds", "--train_file", "tr.jsonl",
+               cwd=work, check=True)
+    assert (work / "ds" / "tr.jsonl").is_file() and (work / "ds" / "val.jsonl").is_file()
+    assert not (work / "tr.jsonl").exists()
+
+
+@pytest.mark.parametrize("script, flag", [("data/generated_converted_data.py", "--input"),
+                                          ("data/split_stf_r1_data.py", "--input"),
+                                          ("data/generated_teacher_filtered.py", "--input_dir")])
+def test_a_missing_input_error_shows_the_absolute_path_tried(tmp_path, script, flag):
+    proc = run_script(script, flag, "nope", "--output" if "split" not in script else "--output_dir", "o",
+                      cwd=tmp_path)
+    assert_one_line_error(proc, f"{tmp_path / 'nope'}: ", "not found")
+
+
+def test_gbk_and_json_array_files_get_the_fix_in_the_summary_and_the_error(tmp_path):
+    gbk = tmp_path / "gbk.jsonl"
+    gbk.write_bytes(ms_line("胸痛要做什么检查？").decode().encode("gbk") + b"\n")
+    proc = run_script("data/generated_converted_data.py", "--input", gbk, "--output", tmp_path / "g.jsonl")
+    assert_one_line_error(proc, "undecodable=1", "iconv -f GBK -t UTF-8 in.jsonl > out.jsonl")
+
+    array = [json.loads(ms_line("胸痛要做什么检查？")), json.loads(ms_line("便秘怎么办？"))]
+    pretty = tmp_path / "array.json"
+    pretty.write_text(json.dumps(array, ensure_ascii=False, indent=2), encoding="utf-8")
+    proc = run_script("data/generated_converted_data.py", "--input", pretty, "--output", tmp_path / "a.jsonl")
+    assert_one_line_error(proc, "not_object=", "one JSON object per line", "jq -c '.[]'")
+
+    mixed = write_lines(tmp_path / "mixed.jsonl", [ms_line("咳嗽怎么办？"), gbk.read_bytes().rstrip(),
+                                                   json.dumps(array, ensure_ascii=False).encode()])
+    proc = run_script("data/generated_converted_data.py", "--input", mixed, "--output", tmp_path / "m.jsonl",
+                      check=True)
+    hints = [line for line in proc.stdout.splitlines() if line.startswith("[hint]")]
+    assert len(hints) == 2 and "iconv -f GBK -t UTF-8" in hints[0] and "one JSON object per line" in hints[1]
+
+
+CHATTER = ("gemm_4bit", "pip install kernels", "Warning", "warnings.warn", "| WARNING |", "Traceback")
+
+
+@pytest.mark.parametrize("script, args", [
+    ("data/generated_converted_data.py", ("--input", FIXTURES / "modelscope_small.jsonl", "--output", "c.jsonl")),
+    ("scripts/chat_with_model.py", ("--help",)),
+])
+def test_output_to_a_file_has_no_progress_bars_and_no_library_chatter(tmp_path, script, args, repo):
+    """As `python script ... > log 2>&1`: the log is plain lines a person reads."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log.txt"
+    with open(log, "wb") as fh:
+        proc = subprocess.run([sys.executable, str(repo / script), *map(str, args)], cwd=tmp_path, stdout=fh,
+                              stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text(encoding="utf-8")
+    assert proc.returncode == 0, text
+    assert "\r" not in text and "\x1b[" not in text
+    assert not [word for word in CHATTER if word in text], text
+    assert max(len(line) for line in text.splitlines()) <= 200, text  # no 1,500-character config line
+    if "--help" in args:
+        assert "--think, --no_think" in text and "[THINK]" not in text
+    else:
+        assert "[kept] 7 ->" in text and "[config]\n  input " in text
