@@ -55,7 +55,12 @@ def main(cfg: Config) -> Path:
     host = hub_endpoint(cfg.source)
     print(f"[download] {cfg.model_id} (revision {cfg.revision or 'default'}) from {host} -> {display_path(out)}",
           flush=True)
-    download(cfg, out, host)
+    made = first_missing_folder(out)  # what this run creates; removed again if the download fails at once
+    try:
+        download(cfg, out, host)
+    except UserError:
+        remove_if_empty(made)
+        raise
     files = verify_model_folder(out)
     size = sum(f.stat().st_size for f in files)
     save_run_info(cfg, out / "run_info.json")
@@ -93,6 +98,37 @@ def hub_endpoint(source: str) -> str:
     return endpoint if endpoint.startswith(("http://", "https://")) else f"https://{endpoint}"
 
 
+def first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def remove_if_empty(folder: Path | None) -> None:
+    """Delete a folder this run made if no byte landed in it (client bookkeeping only); a partial
+    download is kept, so that the next run resumes it."""
+    if folder is None or not folder.is_dir():
+        return
+    if any(f.is_file() and f.stat().st_size > 0 and not f.name.endswith((".lock", ".json"))
+           for f in folder.rglob("*")):
+        return
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"[download] removed {display_path(folder)} (created by this run, nothing was downloaded)", flush=True)
+
+
+def mirror_hint(source: str) -> str:
+    """Where to point the client when the default hub is unreachable or slow from here."""
+    if source == "hf":
+        return "a mirror: set HF_ENDPOINT (e.g. HF_ENDPOINT=https://hf-mirror.com), or try --source modelscope"
+    return "a mirror: set MODELSCOPE_ENDPOINT to its URL, or try --source hf (with HF_ENDPOINT for an HF mirror)"
+
+
 def download(cfg: Config, out: Path, host: str) -> None:
     """The documented snapshot call of each hub client, straight into ``out`` (resumable)."""
     revision = cfg.revision or None
@@ -118,9 +154,10 @@ def download(cfg: Config, out: Path, host: str) -> None:
                       f"{display_path(out)}", flush=True)
                 return
             raise UserError(f"cannot reach {netloc} to download {cfg.model_id} ({_first_line(exc)}); "
-                            f"{local_copy}") from None
+                            f"{mirror_hint(cfg.source)}; {local_copy}") from None
         raise UserError(f"download of {cfg.model_id} from {netloc} failed: {type(exc).__name__}: "
-                        f"{_first_line(exc)} (check --model_id / --revision; {local_copy})") from None
+                        f"{_first_line(exc)} (check --model_id / --revision; {mirror_hint(cfg.source)}; "
+                        f"{local_copy})") from None
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
 from r1_sft.modeling import MERGE_INFO, merge_adapter, resolve_model_folder  # noqa: E402
-from r1_sft.paths import display_path, repo_path  # noqa: E402
+from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
 from r1_sft.run_info import save_run_info  # noqa: E402
 
 
@@ -54,6 +54,10 @@ def saved_dtype(name: str) -> torch.dtype:
 @cli_main
 def main(cfg: Config) -> None:
     dtype = saved_dtype(cfg.dtype)
+    if not repo_path(cfg.adapter).is_dir():
+        raise UserError(f"{tried_path(repo_path(cfg.adapter))}: adapter folder not found (train first: "
+                        f"`python scripts/train_stf_r1_train_val.py` writes OUTPUT_DIR/best_model; or pass "
+                        f"--adapter OUTPUT_DIR/best_model of your run)")
     folder = resolve_model_folder(cfg.adapter)
     if folder.kind != "adapter":
         raise UserError(f"{display_path(folder.model_path)}: not a LoRA adapter folder (no adapter_config.json; "
