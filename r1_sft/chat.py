@@ -356,8 +356,8 @@ def load_conversation(path: Path) -> dict:
 
 # ---------------------------------------------------------------- model menu
 
-def find_model_folders(root: Path, depth: int = 3) -> list[Path]:
-    """Folders under ``root`` (down to ``depth`` levels) that load as a base, adapter or merged model."""
+def find_model_folders(root: Path, depth: int = 3) -> list:
+    """``ModelFolder``s under ``root`` (down to ``depth`` levels) that load as a base, adapter or merged model."""
     from .cli import UserError
     from .modeling import resolve_model_folder
 
@@ -366,8 +366,7 @@ def find_model_folders(root: Path, depth: int = 3) -> list[Path]:
     def walk(folder: Path, level: int) -> None:
         for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
-                resolve_model_folder(child)
-                found.append(child)
+                found.append(resolve_model_folder(child))
             except UserError:
                 pass
             if level < depth:
@@ -376,6 +375,14 @@ def find_model_folders(root: Path, depth: int = 3) -> list[Path]:
     if root.is_dir():
         walk(root, 1)
     return found
+
+
+def model_menu_label(folder) -> str:
+    """One menu line for a ``ModelFolder``: its path and what it is (an adapter names its base)."""
+    what = {"base": "base model", "merged": "merged model"}.get(folder.kind)
+    if what is None:
+        what = f"LoRA adapter on {display_path(folder.base_path)}"
+    return f"{display_path(folder.model_path)}  ({what})"
 
 
 # ---------------------------------------------------------------- the session
@@ -489,7 +496,10 @@ class ChatSession:
 
     # --- files
 
-    def save(self, name: str = "") -> Path:
+    def save(self, name: str = "") -> Path | None:
+        if not self.history:
+            self.say("没有可保存的对话 nothing to save: no turns yet (ask something first; `load` reads a saved one)")
+            return None
         path = safe_conversation_path(self.conversations_dir, name)
         save_conversation(path, conversation_record(self.model_path, self.settings, self.history))
         self.unsaved_turns = 0
@@ -500,28 +510,35 @@ class ChatSession:
         files = self.conversations_dir.glob("*.json") if self.conversations_dir.is_dir() else []
         return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
 
+    def _list_saved(self, files: list[Path]) -> None:
+        if not files:
+            self.say(f"{display_path(self.conversations_dir)} 中没有保存的对话 (no saved conversations)")
+        for i, path in enumerate(files, 1):
+            self.say(f"  {i}. {path.name}")
+
     def _load_target(self, arg: str) -> Path | None:
+        """The file ``load ARG`` means (a number from the list, a name, or a path); None after saying why."""
+        files = self.saved_files()
         if not arg:
-            files = self.saved_files()
+            self._list_saved(files)
             if not files:
-                self.say(f"{display_path(self.conversations_dir)} 中没有保存的对话 (no saved conversations)")
                 return None
-            for i, path in enumerate(files, 1):
-                self.say(f"  {i}. {path.name}")
             if not self.interactive:
                 self.say("用 load 名称 或 load 编号 加载 (use: load NAME or load NUMBER)")
                 return None
             arg = self.ask("编号 number> ").strip()
             if not arg:
                 return None
-        files = self.saved_files()
         if arg.isdigit() and 1 <= int(arg) <= len(files) and not (self.conversations_dir / arg).exists():
             return files[int(arg) - 1]
         for candidate in (Path(arg).expanduser(), self.conversations_dir / arg,
                           self.conversations_dir / f"{arg}.json"):
             if candidate.is_file():
                 return candidate
-        return self.conversations_dir / (arg if arg.endswith(".json") else f"{arg}.json")
+        what = f"第 {arg} 个对话 (no conversation {arg})" if arg.isdigit() else f"对话 {arg} (no conversation {arg!r})"
+        self.say(f"没有{what} in {display_path(self.conversations_dir)}" + ("; 已保存 saved:" if files else ""))
+        self._list_saved(files)
+        return None
 
     def load(self, arg: str = "") -> bool:
         path = self._load_target(arg)

@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.chat import (NOTICE, ChatSession, ChatSettings, context_limit, find_model_folders,  # noqa: E402
-                         set_setting)
-from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
+                         model_menu_label, set_setting)
+from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
 from r1_sft.generation import R1_TEMPERATURE, R1_TOP_P  # noqa: E402
 from r1_sft.modeling import load_model  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
@@ -34,14 +34,14 @@ from r1_sft.paths import display_path, repo_path  # noqa: E402
 
 @dataclass
 class Config:
-    model: str = ""  # model folder (base, LoRA adapter or merged); "" = choose from a menu of model/
+    model: str = path_field("")  # model folder (base, LoRA adapter or merged); "" = choose from a menu of model/
     max_new_tokens: int = 2048  # generation budget per answer (tokens); R1 reasoning is long
     temperature: float = R1_TEMPERATURE  # sampling temperature (R1 advice 0.6); 0 = greedy
     top_p: float = R1_TOP_P  # nucleus sampling (R1 advice 0.95)
     think: bool = True  # show the reasoning as it streams (--no_think hides it; `think on|off` in the chat)
     max_context: int = 0  # cap on context tokens; 0 = the model's own limit (max_position_embeddings)
     once: str = ""  # answer this one question and exit
-    conversations_dir: str = "conversations"  # where `save` writes and `load` looks (repo-relative)
+    conversations_dir: str = "conversations"  # where `save` writes and `load` looks
     use_4bit: bool = False  # load the weights in 4-bit NF4 (bitsandbytes) to save memory
     seed: int = -1  # random seed for sampling; -1 = not fixed
     debug_prompt: bool = False  # print each prompt's text (what the model sees) before answering
@@ -57,20 +57,28 @@ def choose_model(cfg: Config, interactive: bool) -> str:
                         "or pass --model PATH)")
     if not interactive:
         if len(folders) == 1:
-            return str(folders[0])
+            return str(folders[0].model_path)
         raise UserError("no --model given and stdin is not a terminal: pass --model, one of "
-                        + ", ".join(display_path(f) for f in folders))
+                        + ", ".join(display_path(f.model_path) for f in folders))
     print("可用模型 models:")
     for i, folder in enumerate(folders, 1):
-        print(f"  {i}. {display_path(folder)}")
+        print(f"  {i}. {model_menu_label(folder)}")
     while True:
         try:
             choice = input(f"选择模型 choose 1-{len(folders)} [1]> ").strip() or "1"
         except (EOFError, KeyboardInterrupt):
             raise UserError("no model chosen") from None
         if choice.isdigit() and 1 <= int(choice) <= len(folders):
-            return str(folders[int(choice) - 1])
+            return str(folders[int(choice) - 1].model_path)
         print("请输入编号 (enter a number)")
+
+
+def apply_settings(cfg: Config, settings: ChatSettings, limit: int) -> None:
+    for name in ("temperature", "top_p", "max_new_tokens"):
+        try:
+            set_setting(settings, name, str(getattr(cfg, name)), limit)
+        except ValueError as exc:
+            raise UserError(f"--{name}: {exc}") from None
 
 
 def read_lines(session: ChatSession, interactive: bool):
@@ -97,15 +105,12 @@ def main(cfg: Config) -> None:
         from transformers import set_seed
 
         set_seed(cfg.seed)
+    settings = ChatSettings(think=cfg.think)
+    apply_settings(cfg, settings, limit=1 << 62)  # ranges first: a bad value costs no model load
     model_path = choose_model(cfg, interactive)
     model, tokenizer = load_model(model_path, use_4bit=cfg.use_4bit)
     limit = context_limit(model, tokenizer, cfg.max_context)
-    settings = ChatSettings(think=cfg.think)
-    for name in ("temperature", "top_p", "max_new_tokens"):
-        try:
-            set_setting(settings, name, str(getattr(cfg, name)), limit)
-        except ValueError as exc:
-            raise UserError(f"--{name}: {exc}") from None
+    apply_settings(cfg, settings, limit)  # max_new_tokens against the model's context
     session = ChatSession(model, tokenizer, display_path(repo_path(model_path)), settings, limit,
                           repo_path(cfg.conversations_dir), out=sys.stdout,
                           color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"),

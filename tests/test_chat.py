@@ -124,7 +124,40 @@ def test_model_menu_lists_loadable_folders_only(tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
     (adapter / "adapter_model.safetensors").write_bytes(b"")
     (tmp_path / "model" / "empty").mkdir()
-    assert find_model_folders(tmp_path / "model") == [base, adapter]
+    folders = find_model_folders(tmp_path / "model")
+    assert [f.model_path for f in folders] == [base.resolve(), adapter.resolve()]
+    # The menu says what each folder is, and which base an adapter belongs to.
+    from r1_sft.chat import model_menu_label
+
+    assert model_menu_label(folders[0]).endswith("(base model)")
+    assert model_menu_label(folders[1]).endswith(f"(LoRA adapter on {base.resolve()})")
+
+
+def bare_session(tmp_path, **kwargs) -> ChatSession:
+    """A session without a model: enough for the commands that never generate."""
+    return ChatSession(None, None, "model/tiny_r1", ChatSettings(), 4096, tmp_path / "conversations",
+                       out=kwargs.pop("out", io.StringIO()), **kwargs)
+
+
+def test_save_with_no_turns_writes_nothing(tmp_path):
+    session = bare_session(tmp_path)
+    assert session.save("empty") is None
+    assert "nothing to save" in session.out.getvalue()
+    assert not (tmp_path / "conversations").exists()
+
+
+def test_load_of_a_number_that_does_not_exist_says_so_and_lists_the_saved(tmp_path):
+    conv = tmp_path / "conversations"
+    conv.mkdir()
+    for name in ("a", "b"):
+        (conv / f"{name}.json").write_text(json.dumps(long_conversation(1)), encoding="utf-8")
+    session = bare_session(tmp_path)
+    assert session.load("9") is False
+    out = session.out.getvalue()
+    assert "no conversation 9" in out and "a.json" in out and "b.json" in out
+    assert "file not found" not in out
+    assert session.load("nope") is False and "no conversation 'nope'" in session.out.getvalue()
+    assert session.load("2") is True and len(session.history) == 2
 
 
 # ---------------------------------------------------------------- in memory, tiny model
@@ -299,6 +332,12 @@ def test_ctrl_c_stops_the_streaming_answer_and_the_chat_goes_on(tiny_model_dir, 
     assert 0 < generated < 2000
     # retry answers the stopped question again, this time to the end.
     assert "[重试 retry] 孩子发烧到39度" in out and "session ended: 1 turn(s)" in out
+
+
+def test_bad_sampling_values_are_refused_before_any_model_loads(tmp_path):
+    proc = run_script(SCRIPT, "--model", tmp_path / "no_model_here", "--temperature", "-1", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: --temperature: bad value '-1.0'") and "no_model_here" not in proc.stderr
 
 
 def test_once_answers_one_question_with_reasoning_hidden(tiny_model_dir, tmp_path):
