@@ -33,7 +33,7 @@ demo: install data $(TINY)/config.json
 		--logging_steps 10 --no_gradient_checkpointing \
 		--lora_target_modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head
 	@echo "== 4. evaluation: base vs fine-tuned"
-	$(PY) scripts/evaluate_model.py --base_model $(TINY) --adapter $(TINY_LORA)/best_model --num_samples 8 --batch_size 8 --max_new_tokens 384 --run_name demo
+	$(PY) scripts/evaluate_model.py --base_model $(TINY) --adapter $(TINY_LORA)/best_model --num_samples 8 --batch_size 8 --no_do_sample --max_new_tokens 384 --run_name demo
 	@echo "== 5. chat: one scripted turn with the fine-tuned model"
 	echo "高血压患者平时饮食要注意什么？" | $(PY) scripts/chat_with_model.py --model $(TINY_LORA)/best_model --max_new_tokens 512
 

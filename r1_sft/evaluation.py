@@ -3,55 +3,68 @@
 Used by scripts/evaluate_model.py and scripts/compare/compare_str_r1.py (thin callers) and, for a
 single question, scripts/compare.py. Output folder ``OUTPUT_DIR/RUN_NAME/``:
 
-  predictions.jsonl  one line per sample and model: model, id, question, reference, prediction,
-                     reasoning, answer, metrics (same shape as a model block, per sample)
-  summary.json       {"models": {NAME: {"answer", "full", "format", "repetition", "tokens_per_s", "n"}},
-                      "lengths": {NAME: mean lengths}}  (mcq: "accuracy" instead of "answer"/"full")
-  report.md / report.csv / scores.png   side-by-side table, a few example answers, bar chart
+  predictions.jsonl  one line per output (question x sample x model): model, sample, id, question,
+                     reference, prediction, reasoning, answer, outcome, new_tokens, stopped_by_eos,
+                     metrics (mcq: also choice, correct, multi, group)
+  summary.json       {"models": {NAME: {"answer", "full", "format", "repetition", "tokens_per_s", "n",
+                      "outcome", "over_answered", "n_samples", "spread"}}, "lengths": {NAME: mean lengths},
+                      "decoding": {...}}  (mcq: "accuracy", "accuracy_single", "accuracy_multi", "groups"
+                      instead of "answer"/"full"); "n" counts questions, every score is a mean over
+                      all n x n_samples outputs, "spread" the standard deviation across the sample runs
+  report.md / report.csv / scores.png   side-by-side table, per-group accuracy, example answers, chart
   run_info.json      resolved config, library versions, git commit
+
+Decoding (r1_sft/decoding.py): DeepSeek's protocol by default -- sampling at T=0.6, top_p=0.95,
+a fixed seed, ``n_samples`` samples per question, up to 4,096 new tokens; greedy with
+``--no_do_sample``.
 """
 from __future__ import annotations
 
-import csv
+import dataclasses
 import gc
-import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 from .cli import UserError
-from .generation import R1_TEMPERATURE, R1_TOP_P, Generation, GenerationStats, generate_with_stats
-from .jsonl_io import atomic_open, atomic_write_text, read_jsonl, write_jsonl
-from .metrics import SCORE_KEYS, mcq_sample_metrics, mean_lengths, sample_metrics, split_reference, summarize
+from .decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES, SEED, TEMPERATURE, TOP_P, check_decoding, describe
+from .eval_report import render_report, render_table, write_chart, write_csv
+from .generation import Generation, GenerationStats, generate_with_stats
+from .jsonl_io import atomic_write_text, read_jsonl, write_jsonl
+from .metrics import mcq_sample_metrics, mean_lengths, sample_metrics, split_reference, spread, summarize
 from .paths import display_path, repo_path
 from .r1_format import build_user_text, parse_output
 from .run_info import save_run_info
 
 MODEL_NAMES = ("base", "tuned")
-MCQ_INSTRUCTION = "以下是一道医学选择题（可能有一个或多个正确选项）。请先思考，最后给出正确选项的字母，例如：答案：B。"
+DEFAULT_BASE = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"
+DEFAULT_ADAPTER = "model/deepseek_r1_1.5b_lora/best_model"  # where training puts its best adapter
+TRAIN_HINT = "train first (scripts/train_stf_r1_train_val.py)"
+BACKENDS = ("hf", "vllm")
 
 
 @dataclass
 class EvalConfig:
-    base_model: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # base model folder ("base")
-    adapter: str = "model/deepseek_r1_1.5b_lora/best_model"  # fine-tuned adapter or merged folder ("tuned"); "" = base only
-    task: str = "sft"  # sft: open questions {"input","output"}; mcq: {"id","question","options","answer"}
-    data: str = "dataset/sft_r1_val.jsonl"  # evaluation JSONL
-    num_samples: int = 100  # first N records of DATA; 0 = all
-    batch_size: int = 16  # prompts per generate call (does not change greedy outputs)
-    max_new_tokens: int = 1024  # generation limit per answer, in tokens (R1 reasons at length)
-    do_sample: bool = False  # greedy (reproducible) by default; --do_sample uses R1's temperature/top_p
-    temperature: float = R1_TEMPERATURE  # sampling temperature (only with --do_sample)
-    top_p: float = R1_TOP_P  # nucleus sampling mass (only with --do_sample)
-    seed: int = 0  # random seed (sampling only)
-    use_4bit: bool = False  # load the models in 4-bit NF4 (less memory, slower)
+    base_model: str = DEFAULT_BASE  # base model folder ("base")
+    adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only (also when the default is absent)
+    task: str = "sft"  # sft: open questions {"input","output"}; mcq: CMB-Exam / CMExam CSV / MedQA-MCMLE / {"question","options","answer"}
+    data: str = "dataset/sft_r1_val.jsonl"  # evaluation file (JSONL; mcq also JSON array or CMExam CSV)
+    num_samples: int = 100  # first N questions of DATA; 0 = all
+    n_samples: int = N_SAMPLES  # samples per question; every score is their mean (spread in the report)
+    batch_size: int = 16  # prompts per generate call (greedy outputs batch-invariant in fp32 only)
+    max_new_tokens: int = MAX_NEW_TOKENS  # generation limit per answer, in tokens; outputs cut here count as cut_off
+    do_sample: bool = DO_SAMPLE  # sample with temperature/top_p (R1 protocol); --no_do_sample = greedy
+    temperature: float = TEMPERATURE  # sampling temperature (DeepSeek's advice for R1: 0.6)
+    top_p: float = TOP_P  # nucleus sampling mass (DeepSeek's advice for R1: 0.95)
+    seed: int = SEED  # random seed (sampling; also the vLLM engine's)
+    use_4bit: bool = False  # load the models in 4-bit NF4 (less memory, slower; the adapter then stays unmerged)
     backend: str = "hf"  # hf: transformers generate; vllm: vLLM engine (GPU, if installed)
     output_dir: str = "scripts/compare/evaluation_results"  # results go to OUTPUT_DIR/RUN_NAME/
     run_name: str = ""  # "" = UTC timestamp, e.g. 20260101-120000
     num_examples: int = 3  # example answers shown in report.md
-    score: str = ""  # FILE: score a JSONL of {"prediction","reference"} without a model; writes FILE_STEM.summary.json
+    score: str = ""  # FILE: score a JSONL without a model (sft: {"prediction","reference"}; mcq: {"prediction","answer"}); writes FILE_STEM.summary.json
 
 
 @dataclass
@@ -60,58 +73,103 @@ class EvalItem:
     question: str    # shown in reports
     user_text: str   # the user turn sent to the model
     reference: str   # sft: the full SFT output; mcq: the gold letters
+    options: dict = field(default_factory=dict)  # mcq: {"A": text, ...}
+    multi: bool | None = None  # mcq: a multiple-answer question
+    group: str = ""  # mcq: exam class / subject, "" when the file has none
 
 
 # ---- data ------------------------------------------------------------------------------------
 
 def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalItem]:
-    """The first ``num_samples`` records of an evaluation file (0 = all) as prompts and references."""
+    """The first ``num_samples`` questions of an evaluation file (0 = all) as prompts and references."""
     path = repo_path(path)
+    if task == "mcq":
+        from .benchmarks import load_mcq
+
+        records, counts = load_mcq(path, num_samples)
+        shapes = ", ".join(f"{shape} {n}" for shape, n in counts["shapes"].items())
+        skipped = f", {counts['skipped']} without an answer skipped" if counts["skipped"] else ""
+        print(f"[read] {display_path(path)}: {len(records)} questions ({shapes}{skipped})", flush=True)
+        items = []
+        for r in records:
+            question = r.question + "\n" + "\n".join(f"{k}. {v}" for k, v in r.options.items())
+            items.append(EvalItem(r.id, question, build_user_text(question, r.instruction), r.answer,
+                                  r.options, r.multi, r.group))
+        return items
     items = []
     for index, rec in enumerate(read_jsonl(path), 1):
-        where = f"{display_path(path)}: record {index}"
-        rec_id = str(rec.get("id", index))
-        if task == "sft":
-            if not isinstance(rec.get("input"), str) or not isinstance(rec.get("output"), str):
-                raise UserError(f"{where}: needs string fields \"input\" and \"output\" (an SFT file such as "
-                                f"dataset/sft_r1_val.jsonl; multiple choice needs --task mcq)")
-            items.append(EvalItem(rec_id, rec["input"], build_user_text(rec["input"], rec.get("instruction", "")),
-                                  rec["output"]))
-        elif task == "mcq":
-            options, answer = rec.get("options"), rec.get("answer")
-            if not isinstance(rec.get("question"), str) or not isinstance(options, dict) or not options \
-                    or not isinstance(answer, str) or not answer.strip() \
-                    or not set(answer.strip().upper()) <= set(options):
-                raise UserError(f"{where}: needs \"question\", \"options\" {{\"A\": ...}} and \"answer\" made of "
-                                f"option letters (CMB/CMExam shape)")
-            question = rec["question"].strip() + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(options.items()))
-            items.append(EvalItem(rec_id, question, build_user_text(question, MCQ_INSTRUCTION),
-                                  "".join(sorted(set(answer.strip().upper())))))
+        if not isinstance(rec.get("input"), str) or not isinstance(rec.get("output"), str):
+            raise UserError(f"{display_path(path)}: record {index}: needs string fields \"input\" and \"output\" "
+                            f"(an SFT file such as dataset/sft_r1_val.jsonl; multiple choice needs --task mcq)")
+        items.append(EvalItem(str(rec.get("id", index)), rec["input"],
+                              build_user_text(rec["input"], rec.get("instruction", "")), rec["output"]))
         if num_samples and len(items) >= num_samples:
             break
     if not items:
         raise UserError(f"{display_path(path)}: no records to evaluate")
+    print(f"[read] {display_path(path)}: {len(items)} questions", flush=True)
     return items
 
 
-# ---- generation ------------------------------------------------------------------------------
+# ---- models ----------------------------------------------------------------------------------
 
-def generate_all(model_paths: dict[str, str], user_texts: Sequence[str], *, max_new_tokens: int,
-                 batch_size: int = 16, do_sample: bool = False, temperature: float = R1_TEMPERATURE,
-                 top_p: float = R1_TOP_P, seed: int = 0, use_4bit: bool = False, backend: str = "hf"
-                 ) -> dict[str, tuple[list[Generation], GenerationStats]]:
-    """Answer every user text with every named model: same prompts and decoding, one model in memory at a time."""
-    conversations = [[{"role": "user", "content": text}] for text in user_texts]
-    decoding = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+def choose_models(base_model: str, adapter: str, default_adapter: str = DEFAULT_ADAPTER) -> dict[str, str]:
+    """``{"base": ..., "tuned": ...}`` with every folder checked now, before any model loads.
+
+    No adapter (``""``), or the default adapter folder absent: the base alone, said in one line.
+    An adapter the user named that does not exist is an error whose hint is to train first.
+    """
+    from .modeling import resolve_model_folder
+
+    models = {"base": base_model}
+    if adapter:
+        path = repo_path(adapter)
+        if path.exists():
+            models["tuned"] = adapter
+        elif adapter == default_adapter:
+            print(f"[note] no adapter at {display_path(path)}: evaluating the base model alone ({TRAIN_HINT}, "
+                  f"or pass --adapter DIR; --adapter \"\" says base-only explicitly)", flush=True)
+        else:
+            raise UserError(f"--adapter {path}: adapter folder not found ({TRAIN_HINT}, or pass "
+                            f"--adapter \"\" to evaluate the base model alone)")
+    else:
+        print("[note] --adapter \"\": evaluating the base model alone", flush=True)
+    folders = {name: resolve_model_folder(str(repo_path(path))) for name, path in models.items()}
+    tuned = folders.get("tuned")
+    if tuned is not None and tuned.kind == "adapter" and \
+            Path(tuned.base_path).resolve() != Path(folders["base"].base_path).resolve():
+        print(f"[warn] the adapter was trained on {display_path(tuned.base_path)}, not on --base_model "
+              f"{display_path(folders['base'].base_path)}: 'tuned' uses its own base, so the two rows differ in "
+              f"more than the fine-tuning", flush=True)
+    return models
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend}: unknown backend (use {' or '.join(BACKENDS)})")
     if backend == "vllm":
-        from .generation import generate_with_vllm, vllm_available
+        from .generation import vllm_available
 
         if not vllm_available():
             raise UserError("--backend vllm: vllm is not installed (pip install vllm on a CUDA machine, "
                             "or use --backend hf)")
-        return generate_with_vllm(model_paths, conversations, **decoding)
-    if backend != "hf":
-        raise UserError(f"--backend {backend}: unknown backend (use hf or vllm)")
+
+
+# ---- generation ------------------------------------------------------------------------------
+
+def generate_all(model_paths: dict[str, str], user_texts: Sequence[str], *, max_new_tokens: int = MAX_NEW_TOKENS,
+                 batch_size: int = 16, do_sample: bool = DO_SAMPLE, temperature: float = TEMPERATURE,
+                 top_p: float = TOP_P, seed: int = SEED, n_samples: int = N_SAMPLES, use_4bit: bool = False,
+                 backend: str = "hf") -> dict[str, tuple[list[list[Generation]], GenerationStats]]:
+    """Answer every user text ``n_samples`` times with every named model: same prompts and decoding,
+    one model in memory at a time. Returns per name the sample runs (one Generation per text each)."""
+    check_backend(backend)
+    conversations = [[{"role": "user", "content": text}] for text in user_texts]
+    decoding = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+    if backend == "vllm":
+        from .generation import generate_with_vllm
+
+        return generate_with_vllm(model_paths, conversations, seed=seed, n_samples=n_samples, **decoding)
 
     import torch
     from transformers import set_seed
@@ -122,11 +180,18 @@ def generate_all(model_paths: dict[str, str], user_texts: Sequence[str], *, max_
     for name, path in model_paths.items():
         print(f"[{name}] loading {display_path(repo_path(path))}", flush=True)
         model, tokenizer = load_model(str(repo_path(path)), use_4bit=use_4bit)
+        if hasattr(model, "merge_and_unload") and not use_4bit:
+            # LoRA layers add two small matmuls per adapted layer at every step; folded in, generation
+            # runs at the base model's speed. (Never into 4-bit weights: that would requantize them.)
+            model = model.merge_and_unload()
+            print(f"[{name}] adapter merged into the base weights in memory", flush=True)
         set_seed(seed)
-        results[name] = generate_with_stats(model, tokenizer, conversations, batch_size=batch_size,
-                                            progress=len(conversations) > batch_size, **decoding)
-        print(f"[{name}] {results[name][1].new_tokens} new tokens in {results[name][1].seconds:.1f} s "
-              f"= {results[name][1].tokens_per_s:.1f} tokens/s", flush=True)
+        gens, stats = generate_with_stats(model, tokenizer, conversations * n_samples, batch_size=batch_size,
+                                          progress=True, label=f"[{name}]", **decoding)
+        n = len(conversations)
+        results[name] = ([gens[j * n:(j + 1) * n] for j in range(n_samples)], stats)
+        print(f"[{name}] {stats.new_tokens} new tokens in {stats.seconds:.1f} s = {stats.tokens_per_s:.1f} tokens/s",
+              flush=True)
         del model
         gc.collect()
         if torch.cuda.is_available():
@@ -138,33 +203,57 @@ def generate_all(model_paths: dict[str, str], user_texts: Sequence[str], *, max_
 
 def score_sample(task: str, item: EvalItem, gen: Generation) -> dict:
     if task == "mcq":
-        return mcq_sample_metrics(gen.text, item.reference, gen.stopped_by_eos, gen.new_tokens)
+        metrics = mcq_sample_metrics(gen.text, item.reference, gen.stopped_by_eos, gen.new_tokens,
+                                     item.options or None, item.multi)
+        if item.group:
+            metrics["group"] = item.group
+        return metrics
     return sample_metrics(gen.text, item.reference, gen.stopped_by_eos, gen.new_tokens)
 
 
-def prediction_record(name: str, task: str, item: EvalItem, gen: Generation, metrics: dict) -> dict:
+def prediction_record(name: str, task: str, item: EvalItem, gen: Generation, metrics: dict, sample: int = 0) -> dict:
     parsed = parse_output(gen.text)
     reference = item.reference if task == "mcq" else split_reference(item.reference)[1]
-    rec = {"model": name, "id": item.id, "question": item.question, "reference": reference,
-           "prediction": gen.text, "reasoning": parsed.reasoning, "answer": parsed.answer}
+    rec = {"model": name, "sample": sample, "id": item.id, "question": item.question, "reference": reference,
+           "prediction": gen.text, "reasoning": parsed.reasoning, "answer": parsed.answer,
+           "outcome": metrics["outcome"], "new_tokens": gen.new_tokens, "stopped_by_eos": gen.stopped_by_eos}
     if task == "mcq":
-        rec["choice"] = metrics["choice"]
-        rec["correct"] = bool(metrics["correct"])
+        rec.update(choice=metrics["choice"], correct=bool(metrics["correct"]), multi=metrics["multi"],
+                   group=item.group)
     rec["metrics"] = metrics
     return rec
 
 
-def score_file(path: str | Path) -> tuple[dict, Path]:
-    """Score a JSONL of raw model outputs ``{"prediction", "reference"}`` (optional ``stopped_by_eos``,
-    ``new_tokens``); write the block to ``<stem>.summary.json`` beside it."""
+def model_block(runs: list[list[dict]], n_questions: int, tokens_per_s: float | None) -> dict:
+    """summary.json's block for one model: means over every output of every run, spread across runs."""
+    block = summarize([s for run in runs for s in run], tokens_per_s)
+    block["n"] = n_questions
+    block["n_samples"] = len(runs)
+    block["spread"] = spread([summarize(run) for run in runs])
+    return block
+
+
+def score_file(path: str | Path, task: str = "sft") -> tuple[dict, Path]:
+    """Score a JSONL of raw model outputs without a model and write the block to ``<stem>.summary.json``.
+
+    sft: ``{"prediction", "reference"}``; mcq: ``{"prediction", "answer"}`` (gold letters, optional
+    ``options``). Optional ``stopped_by_eos`` and ``new_tokens``. A prediction is raw model output
+    (it starts inside the think block): without ``</think>`` it has no answer.
+    """
     path = repo_path(path)
+    ref_key = "answer" if task == "mcq" else "reference"
     samples = []
     for index, rec in enumerate(read_jsonl(path), 1):
-        if not isinstance(rec.get("prediction"), str) or not isinstance(rec.get("reference"), str):
+        if not isinstance(rec.get("prediction"), str) or not isinstance(rec.get(ref_key), str):
             raise UserError(f"{display_path(path)}: record {index}: needs string fields \"prediction\" "
-                            f"(raw model output) and \"reference\"")
-        samples.append(sample_metrics(rec["prediction"], rec["reference"], rec.get("stopped_by_eos"),
-                                      rec.get("new_tokens")))
+                            f"(raw model output) and \"{ref_key}\"" + (" (the gold letters, e.g. \"B\")"
+                                                                       if task == "mcq" else ""))
+        if task == "mcq":
+            samples.append(mcq_sample_metrics(rec["prediction"], rec["answer"], rec.get("stopped_by_eos"),
+                                              rec.get("new_tokens"), rec.get("options")))
+        else:
+            samples.append(sample_metrics(rec["prediction"], rec["reference"], rec.get("stopped_by_eos"),
+                                          rec.get("new_tokens")))
     if not samples:
         raise UserError(f"{display_path(path)}: no records to score")
     block = summarize(samples)
@@ -173,165 +262,78 @@ def score_file(path: str | Path) -> tuple[dict, Path]:
     return block, out
 
 
-# ---- report ----------------------------------------------------------------------------------
+def decoding_record(cfg: EvalConfig) -> dict:
+    """summary.json's "decoding": what produced the outputs."""
+    return {"do_sample": cfg.do_sample, "temperature": cfg.temperature if cfg.do_sample else None,
+            "top_p": cfg.top_p if cfg.do_sample else None, "top_k": None, "seed": cfg.seed,
+            "n_samples": cfg.n_samples, "max_new_tokens": cfg.max_new_tokens, "backend": cfg.backend,
+            "batch_size": cfg.batch_size}
 
-def table_rows(summary: dict) -> list[tuple[str, list[float | None]]]:
-    """(metric label, one value per model) in display order."""
+
+def report_header(cfg: EvalConfig, summary: dict) -> list[str]:
     models = list(summary["models"])
-    blocks = [summary["models"][m] for m in models]
-    rows = []
-    if "accuracy" in blocks[0]:
-        rows.append(("accuracy", [b["accuracy"] for b in blocks]))
-    for part in ("answer", "full"):
-        if part in blocks[0]:
-            rows += [(f"{part} {k}", [b[part][k] for b in blocks]) for k in SCORE_KEYS]
-    rows += [(f"format {k}", [b["format"][k] for b in blocks]) for k in ("think_closed", "answer_nonempty", "eos")]
-    rows.append(("repetition (4-gram)", [b["repetition"] for b in blocks]))
-    lengths = summary.get("lengths", {})
-    for k in ("reasoning_chars", "answer_chars", "new_tokens"):
-        rows.append((f"mean {k}", [lengths.get(m, {}).get(k) for m in models]))
-    rows.append(("tokens_per_s", [b["tokens_per_s"] for b in blocks]))
-    rows.append(("n", [b["n"] for b in blocks]))
-    return rows
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int):
-        return str(v)
-    return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
-
-
-def render_table(summary: dict) -> str:
-    """The side-by-side table as Markdown (also printed to the terminal)."""
-    models = list(summary["models"])
-    with_delta = len(models) == 2
-    header = ["metric", *models] + (["tuned - base"] if with_delta else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, values in table_rows(summary):
-        cells = [label, *map(_fmt, values)]
-        if with_delta:
-            a, b = values
-            cells.append(_fmt(b - a) if a is not None and b is not None and label != "n" else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_csv(path: Path, summary: dict) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["metric", *summary["models"]])
-    for label, values in table_rows(summary):
-        writer.writerow([label, *["" if v is None else v for v in values]])
-    atomic_write_text(path, buf.getvalue())
-
-
-def write_chart(path: Path, summary: dict) -> None:
-    """Grouped bars of the [0, 1] scores per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [(label, vals) for label, vals in table_rows(summary)
-            if label.startswith(("accuracy", "answer", "format", "repetition"))]
-    models = list(summary["models"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
-    width = 0.8 / len(models)
-    for j, name in enumerate(models):
-        ax.bar([i + j * width for i in range(len(rows))], [v[j] or 0.0 for _, v in rows], width, label=name)
-    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(rows))])
-    ax.set_xticklabels([label for label, _ in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("score (0-1)")
-    ax.legend()
-    ax.set_title("base vs tuned")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def render_report(cfg: EvalConfig, summary: dict, predictions: Sequence[dict]) -> str:
-    models = list(summary["models"])
-    lines = [f"# Evaluation: {' vs '.join(models)}", "",
-             f"- data: `{cfg.data}` (task {cfg.task}, n={summary['models'][models[0]]['n']})",
-             f"- base: `{cfg.base_model}`" + (f"; tuned: `{cfg.adapter}`" if "tuned" in models else ""),
-             f"- decoding: {'sampling T=%s top_p=%s' % (cfg.temperature, cfg.top_p) if cfg.do_sample else 'greedy'}, "
-             f"max_new_tokens={cfg.max_new_tokens}, backend {cfg.backend}",
-             "- scores in [0, 1]: ROUGE F1 on jieba words, BLEU-4 on characters (sacrebleu zh); `answer` = text "
-             "after `</think>` (empty when the think block never closed), `full` = reasoning + answer", "",
-             render_table(summary), "", "## Examples", ""]
-    by_id: dict[str, dict[str, dict]] = {}
-    for rec in predictions:
-        by_id.setdefault(rec["id"], {})[rec["model"]] = rec
-    for rec_id in list(by_id)[:cfg.num_examples]:
-        recs = by_id[rec_id]
-        first = next(iter(recs.values()))
-        lines += [f"### {rec_id}", "", f"**问题**: {_clip(first['question'])}", "",
-                  f"**参考答案**: {_clip(first['reference'])}", ""]
-        for name in models:
-            rec = recs.get(name)
-            if rec is None:
-                continue
-            closed = rec["metrics"]["format"]["think_closed"]
-            answer = rec["answer"] if closed else "(no answer: the think block never closed)"
-            lines += [f"**{name}**: {_clip(answer)}", ""]
-    return "\n".join(lines) + "\n"
+    n = summary["models"][models[0]]["n"]
+    sd = f"; `±` = standard deviation across the {cfg.n_samples} sample runs" if cfg.n_samples > 1 else ""
+    return [
+        f"- data: `{cfg.data}` (task {cfg.task}, {n} questions)",
+        f"- base: `{cfg.base_model}`" + (f"; tuned: `{cfg.adapter}`" if "tuned" in models else " (base model alone)"),
+        f"- decoding: {describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, cfg.n_samples)},"
+        f" backend {cfg.backend}; every score is a mean over all outputs{sd}",
+        "- outcome (sums to 1): `answered` = think block closed and an answer follows; `cut_off` = no answer, "
+        "generation hit max_new_tokens; `stopped_without_answer` = no answer, the model stopped by itself",
+        "- scores in [0, 1] over all outputs (no answer scores 0), and `over answered` over answered outputs only; "
+        "ROUGE F1 on jieba words without punctuation, BLEU-4 on characters (sacrebleu zh); `answer` = text after "
+        "`</think>`, `full` = reasoning + answer; mcq accuracy = exact set of letters",
+        "- lower is better: repetition, cut_off, stopped_without_answer; everything else higher is better",
+    ]
 
 
 # ---- the whole run ---------------------------------------------------------------------------
 
+def _config_default(cfg, name: str):
+    for f in dataclasses.fields(cfg):
+        if f.name == name:
+            return f.default
+    return None
+
+
 def run_evaluation(cfg: EvalConfig) -> Path | None:
     """Score a file (``--score``) or evaluate base (and tuned) on DATA; returns the results folder."""
+    check_decoding(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                   batch_size=cfg.batch_size, n_samples=cfg.n_samples, num_samples=cfg.num_samples,
+                   do_sample=cfg.do_sample)
+    if cfg.task not in ("sft", "mcq"):
+        raise UserError(f"--task {cfg.task}: unknown task (use sft or mcq)")
     if cfg.score:
-        block, out = score_file(cfg.score)
+        block, out = score_file(cfg.score, cfg.task)
         print(json.dumps(block, ensure_ascii=False, indent=2))
         print(f"[write] {display_path(out)}")
         return None
-    if cfg.task not in ("sft", "mcq"):
-        raise UserError(f"--task {cfg.task}: unknown task (use sft or mcq)")
-    for flag, value, least in (("batch_size", cfg.batch_size, 1), ("max_new_tokens", cfg.max_new_tokens, 1),
-                               ("num_samples", cfg.num_samples, 0)):
-        if value < least:
-            raise UserError(f"--{flag} {value}: must be at least {least}" + (" (0 = all)" if least == 0 else ""))
+    check_backend(cfg.backend)
     items = load_items(cfg.data, cfg.task, cfg.num_samples)
-    print(f"[read] {display_path(repo_path(cfg.data))}: {len(items)} {cfg.task} samples", flush=True)
-    model_paths = {"base": cfg.base_model}
-    if cfg.adapter:
-        model_paths["tuned"] = cfg.adapter
-    from .modeling import resolve_model_folder
-
-    folders = {name: resolve_model_folder(str(repo_path(path)))  # a missing folder fails now, not after base ran
-               for name, path in model_paths.items()}
-    tuned = folders.get("tuned")
-    if tuned is not None and tuned.kind == "adapter" and \
-            Path(tuned.base_path).resolve() != Path(folders["base"].base_path).resolve():
-        print(f"[warn] the adapter was trained on {display_path(tuned.base_path)}, not on --base_model "
-              f"{display_path(folders['base'].base_path)}: 'tuned' uses its own base, so the two rows differ in "
-              f"more than the fine-tuning", flush=True)
+    model_paths = choose_models(cfg.base_model, cfg.adapter, _config_default(cfg, "adapter") or DEFAULT_ADAPTER)
+    print(f"[decoding] {describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, cfg.n_samples)}"
+          f", backend {cfg.backend}", flush=True)
 
     generated = generate_all(model_paths, [item.user_text for item in items], max_new_tokens=cfg.max_new_tokens,
                              batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature,
-                             top_p=cfg.top_p, seed=cfg.seed, use_4bit=cfg.use_4bit, backend=cfg.backend)
-    predictions, summary = [], {"models": {}, "lengths": {}}
-    for name, (gens, stats) in generated.items():
-        samples = [score_sample(cfg.task, item, gen) for item, gen in zip(items, gens)]
-        predictions += [prediction_record(name, cfg.task, item, gen, m) for item, gen, m in zip(items, gens, samples)]
-        summary["models"][name] = summarize(samples, round(stats.tokens_per_s, 2))
-        summary["lengths"][name] = mean_lengths(samples)
+                             top_p=cfg.top_p, seed=cfg.seed, n_samples=cfg.n_samples, use_4bit=cfg.use_4bit,
+                             backend=cfg.backend)
+    predictions, summary = [], {"models": {}, "lengths": {}, "decoding": decoding_record(cfg)}
+    for name, (runs, stats) in generated.items():
+        scored = [[score_sample(cfg.task, item, gen) for item, gen in zip(items, run)] for run in runs]
+        for j, (run, samples) in enumerate(zip(runs, scored)):
+            predictions += [prediction_record(name, cfg.task, item, gen, m, j)
+                            for item, gen, m in zip(items, run, samples)]
+        summary["models"][name] = model_block(scored, len(items), round(stats.tokens_per_s, 2))
+        summary["lengths"][name] = mean_lengths([s for run in scored for s in run])
 
     run_name = cfg.run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = repo_path(cfg.output_dir) / run_name
     write_jsonl(out_dir / "predictions.jsonl", predictions)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
-    atomic_write_text(out_dir / "report.md", render_report(cfg, summary, predictions))
+    atomic_write_text(out_dir / "report.md", render_report(report_header(cfg, summary), summary, predictions,
+                                                           cfg.num_examples))
     write_csv(out_dir / "report.csv", summary)
     write_chart(out_dir / "scores.png", summary)
     save_run_info(cfg, out_dir / "run_info.json")

@@ -1,18 +1,26 @@
-"""Evaluate the base model and the fine-tuned one side by side on the validation set.
+"""Evaluate the base model and the fine-tuned one side by side (or the base alone) on a question file.
 
-Generates an answer per question with each model (same chat-template prompts as training, batched,
-greedy by default), parses reasoning and answer, and scores them for Chinese: ROUGE-1/2/L on jieba
-words, BLEU-4 on characters, think-format rates, repetition, lengths and tokens/s.
+Generates answers with each model (same chat-template prompts as training, batched), parses
+reasoning and answer, and scores them for Chinese: ROUGE-1/2/L on jieba words (punctuation
+dropped), BLEU-4 on characters, the three outcome rates (answered / cut off at max_new_tokens /
+stopped without an answer), think-format rates, repetition, lengths and tokens/s; --task mcq:
+option-letter accuracy (single- and multi-answer apart, per exam class where the file has one).
 
-Reads:  DATA (default dataset/sft_r1_val.jsonl, {"input","output"}; --task mcq: {"question","options","answer"}),
-        BASE_MODEL and ADAPTER (a LoRA adapter folder or a merged model; "" = base only).
+Decoding follows DeepSeek's protocol for R1 models by default: sampling at T=0.6, top_p=0.95 with
+a fixed seed, up to 4,096 new tokens, --n_samples K samples per question with every score averaged
+(mean and spread in the report); --no_do_sample for greedy.
+
+Reads:  DATA (default dataset/sft_r1_val.jsonl, {"input","output"}; --task mcq: a CMB-Exam JSON/JSONL,
+        CMExam CSV, MedQA-MCMLE JSONL or {"question","options","answer"} file),
+        BASE_MODEL and ADAPTER (a LoRA adapter folder or a merged model; "" or absent default = base only).
 Writes: OUTPUT_DIR/RUN_NAME/ predictions.jsonl, summary.json, report.md, report.csv, scores.png, run_info.json
         (--score FILE: FILE_STEM.summary.json beside FILE, no model loaded).
 
 Example:
-    python scripts/evaluate_model.py --num_samples 50 --batch_size 16
+    python scripts/evaluate_model.py --num_samples 50 --n_samples 4
     python scripts/evaluate_model.py --base_model model/tiny_r1 --adapter model/tiny_r1_lora/best_model \
         --num_samples 8 --max_new_tokens 64 --run_name demo
+    python scripts/evaluate_model.py --task mcq --data CMB/data/CMB-Exam/CMB-val/CMB-val-merge.json --num_samples 0
     python scripts/evaluate_model.py --score my_outputs.jsonl
 """
 from __future__ import annotations
@@ -24,17 +32,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.evaluation import EvalConfig, run_evaluation  # noqa: E402
+from r1_sft.decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES  # noqa: E402
+from r1_sft.evaluation import DEFAULT_ADAPTER, DEFAULT_BASE, EvalConfig, run_evaluation  # noqa: E402
 
 
 @dataclass
 class Config(EvalConfig):
-    base_model: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # base model folder ("base")
-    adapter: str = "model/deepseek_r1_1.5b_lora/best_model"  # fine-tuned adapter or merged folder ("tuned"); "" = base only
-    data: str = "dataset/sft_r1_val.jsonl"  # evaluation JSONL
-    num_samples: int = 100  # first N records of DATA; 0 = all
-    batch_size: int = 16  # prompts per generate call (does not change greedy outputs)
-    max_new_tokens: int = 1024  # generation limit per answer, in tokens (R1 reasons at length)
+    base_model: str = DEFAULT_BASE  # base model folder ("base")
+    adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only (also when this default is absent)
+    data: str = "dataset/sft_r1_val.jsonl"  # evaluation file
+    num_samples: int = 100  # first N questions of DATA; 0 = all
+    n_samples: int = N_SAMPLES  # samples per question; scores are their mean (spread in the report)
+    max_new_tokens: int = MAX_NEW_TOKENS  # generation limit per answer, in tokens (R1 reasons at length)
+    do_sample: bool = DO_SAMPLE  # R1 protocol sampling (T 0.6, top_p 0.95, fixed seed); --no_do_sample = greedy
     output_dir: str = "scripts/compare/evaluation_results"  # results go to OUTPUT_DIR/RUN_NAME/
     run_name: str = ""  # "" = UTC timestamp
 

@@ -2,7 +2,9 @@
 
 Works on the real DeepSeek-R1-Distill-Qwen-1.5B, the offline tiny stand-in, a LoRA adapter folder
 (its base is loaded automatically) or a merged folder. Prompts come from the model's own chat
-template (ending in ``<think>\\n``), so the output starts inside the think block.
+template (ending in ``<think>\\n``), so the output starts inside the think block. Decoding is the
+project's protocol (r1_sft/decoding.py, shared with the evaluation): sampling at T=0.6, top_p=0.95
+with a fixed seed, up to 4,096 new tokens; --no_do_sample for greedy.
 
 Reads:  MODEL_PATH
 Writes: nothing, unless --output_file (JSONL: question, reasoning, answer, think_closed, new_tokens)
@@ -19,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.generation import R1_TEMPERATURE, R1_TOP_P, generate_responses  # noqa: E402
+from r1_sft.decoding import DO_SAMPLE, MAX_NEW_TOKENS, SEED, TEMPERATURE, TOP_P, check_decoding, describe  # noqa: E402
+from r1_sft.generation import generate_responses  # noqa: E402
 from r1_sft.jsonl_io import write_jsonl  # noqa: E402
 from r1_sft.modeling import load_model  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
@@ -35,26 +38,28 @@ QUESTIONS = (
 @dataclass
 class Config:
     model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # model, merged or LoRA adapter folder
-    max_new_tokens: int = 1024  # generation budget per question (tokens); R1 reasoning is long
-    do_sample: bool = True  # sample with R1's advised temperature 0.6 / top_p 0.95 (greedy R1 tends to loop)
-    seed: int = 42  # random seed for sampling
+    max_new_tokens: int = MAX_NEW_TOKENS  # generation budget per question (tokens); R1 reasoning is long
+    do_sample: bool = DO_SAMPLE  # R1 protocol sampling (greedy R1 tends to loop); --no_do_sample = greedy
+    temperature: float = TEMPERATURE  # sampling temperature (DeepSeek's advice for R1: 0.6)
+    top_p: float = TOP_P  # nucleus sampling mass (DeepSeek's advice for R1: 0.95)
+    seed: int = SEED  # random seed for sampling
     use_4bit: bool = False  # load the weights in 4-bit NF4 (bitsandbytes) to save memory
     output_file: str = ""  # optional JSONL of the results (repo-relative); "" = print only
 
 
 @cli_main
 def main(cfg: Config) -> list[dict]:
+    check_decoding(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     from transformers import set_seed
 
     set_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model_path, use_4bit=cfg.use_4bit)
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
     print(f"[test_model] prompt of question 1: {build_prompt(tokenizer, conversations[0])!r}", flush=True)
-    sampling = f"sampling T={R1_TEMPERATURE} top_p={R1_TOP_P}" if cfg.do_sample else "greedy"
-    print(f"[test_model] answering {len(QUESTIONS)} questions ({sampling}, max_new_tokens={cfg.max_new_tokens})",
-          flush=True)
+    decoding = describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
+    print(f"[test_model] answering {len(QUESTIONS)} questions ({decoding})", flush=True)
     generations = generate_responses(model, tokenizer, conversations, max_new_tokens=cfg.max_new_tokens,
-                                     do_sample=cfg.do_sample)
+                                     do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p)
     results = []
     for i, (question, gen) in enumerate(zip(QUESTIONS, generations), 1):
         parsed = parse_output(gen.text)

@@ -1,9 +1,9 @@
 """The seed's batch comparison of the base and fine-tuned models: a thin call of the evaluation code.
 
-Same flags, files and metrics as scripts/evaluate_model.py (r1_sft/evaluation.py does the work);
-kept under its seed name. Results go to scripts/compare/evaluation_results/RUN_NAME/.
+Same flags, files, decoding protocol and metrics as scripts/evaluate_model.py (r1_sft/evaluation.py
+does the work); kept under its seed name. Results go to scripts/compare/evaluation_results/RUN_NAME/.
 
-Reads:  DATA (default dataset/sft_r1_val.jsonl), BASE_MODEL, ADAPTER.
+Reads:  DATA (default dataset/sft_r1_val.jsonl), BASE_MODEL, ADAPTER ("" or absent default = base only).
 Writes: OUTPUT_DIR/RUN_NAME/ predictions.jsonl, summary.json, report.md, report.csv, scores.png, run_info.json
 
 Example:
@@ -18,14 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.evaluation import EvalConfig, run_evaluation  # noqa: E402
+from r1_sft.evaluation import DEFAULT_ADAPTER, DEFAULT_BASE, EvalConfig, run_evaluation  # noqa: E402
 
 
 @dataclass
 class Config(EvalConfig):
-    base_model: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # base model folder ("base")
-    adapter: str = "model/deepseek_r1_1.5b_lora/best_model"  # fine-tuned adapter or merged folder ("tuned")
-    num_samples: int = 20  # first N records of DATA; 0 = all
+    base_model: str = DEFAULT_BASE  # base model folder ("base")
+    adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only
+    num_samples: int = 20  # first N questions of DATA; 0 = all
 
 
 @cli_main
