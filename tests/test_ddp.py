@@ -18,16 +18,19 @@ from r1_sft.r1_format import encode_example
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = "tests/fixtures/sft_tiny_train.jsonl"
 VAL = "tests/fixtures/sft_tiny_val.jsonl"
-PROCESSES, BATCH, STEPS = 2, 2, 2
+PROCESSES, BATCH, STEPS = 2, 2, 3
 
 
 def test_torchrun_two_process_ddp_trains_and_writes_the_adapter(tiny_model_dir, tmp_path):
     out = tmp_path / "lora"
     # The documented command, run from another folder; OMP_NUM_THREADS=1 keeps two processes on two cores.
+    # Default 4-bit, with an evaluation after every step: training after an evaluation must keep
+    # working on CPUs with AVX512-BF16 (bitsandbytes would otherwise switch kernels, then fail in DDP).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(PROCESSES),
            str(REPO / "scripts/train_stf_r1_train_val.py"),
-           "--model_path", str(tiny_model_dir), "--train_file", TRAIN, "--val_file", VAL, "--output_dir", str(out),
-           "--max_steps", str(STEPS), "--eval_steps", str(STEPS), "--save_steps", str(STEPS), "--logging_steps", "1",
+           "--model_path", str(tiny_model_dir), "--train_file", str(REPO / TRAIN), "--val_file", str(REPO / VAL),
+           "--output_dir", str(out),
+           "--max_steps", str(STEPS), "--eval_steps", "1", "--save_steps", str(STEPS), "--logging_steps", "1",
            "--per_device_train_batch_size", str(BATCH), "--gradient_accumulation_steps", "1",
            "--max_length", "256", "--seed", "7"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import math
 import os
 import socket
 import threading
@@ -33,38 +34,92 @@ def tok(tiny_model_dir):
     return load_tokenizer(tiny_model_dir)
 
 
-# ---------------------------------------------------------------- the real traps, on the tiny tokenizer
+# ---------------------------------------------------------------- the real tokenizer and its traps
 
-def test_r1_token_strings_and_which_are_special(tok):
-    ids = {t: tok.convert_tokens_to_ids(t) for t in (EOS, USER, ASSISTANT, BOS, "<think>", "</think>")}
-    assert list(ids.values()) == sorted(ids.values()), "same relative order as the real ids 151643..151649"
-    assert tok.bos_token == BOS and tok.eos_token == EOS
-    for token in ids:
-        assert tok(token, add_special_tokens=False)["input_ids"] == [ids[token]]
-    # role and think tokens are NOT special: skip_special_tokens keeps them, drops BOS/EOS.
+R1_ADDED = ["<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>", "<|EOT|>", "<think>",
+            "</think>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+            "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>",
+            "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+SPECIAL_IDS = {151643, 151646, *range(151650, 151657)}
+
+
+@pytest.fixture(scope="module")
+def tok_4x():
+    """The same files as transformers 4.x reads them: the tokenizer itself prepends a BOS."""
+    from r1_sft.tiny_model import load_r1_tokenizer
+
+    tokenizer = load_r1_tokenizer(tokenizer_adds_bos=True)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def test_the_stand_in_tokenizer_is_the_real_r1_tokenizer(tok):
+    assert len(tok) == 151665
+    assert type(tok).__name__ == "Qwen2Tokenizer"  # what transformers 5.x loads for model_type qwen2
+    decoder = tok.added_tokens_decoder
+    assert [decoder[i].content for i in range(151643, 151665)] == R1_ADDED
+    assert {i for i in range(151643, 151665) if decoder[i].special} == SPECIAL_IDS
+    assert (tok.bos_token, tok.bos_token_id, tok.eos_token, tok.eos_token_id) == (BOS, 151646, EOS, 151643)
+    assert tok.pad_token_id == 151643  # pad == eos
+    # Published encodings of the real files.
+    assert encode_prompt(tok, [{"role": "user", "content": "Who are you?"}]) == \
+        [151646, 151644, 15191, 525, 498, 30, 151645, 151648, 198]
+    assert tok("介绍一下你自己", add_special_tokens=False)["input_ids"] == [109432, 107828]
+    assert tok(" Yes", add_special_tokens=False)["input_ids"] == [7414]
+    assert tok(" No", add_special_tokens=False)["input_ids"] == [2308]
+    # Real Chinese medical text: about 0.70 tokens per character.
+    text = "患者男，45岁，反复上腹痛半年，进食后加重，伴反酸、嗳气。建议完善胃镜检查，必要时行幽门螺杆菌检测。"
+    assert 0.5 < len(tok(text, add_special_tokens=False)["input_ids"]) / len(text) < 0.9
+
+
+def test_role_and_think_tokens_are_not_special(tok):
+    for token in (USER, ASSISTANT, "<think>", "</think>", BOS, EOS):
+        assert len(tok(token, add_special_tokens=False)["input_ids"]) == 1
+    # skip_special_tokens drops BOS/EOS and keeps the role and think tokens.
     text = f"{BOS}{USER}问{ASSISTANT}<think>\n想\n</think>\n\n答{EOS}"
     decoded = tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
     assert decoded == f"{USER}问{ASSISTANT}<think>\n想\n</think>\n\n答"
 
 
-def test_pad_is_eos(tok, tiny_model_dir):
+def test_pad_is_eos_and_config_ids_are_the_real_ones(tok, tiny_model_dir):
     assert tok.pad_token_id == tok.eos_token_id
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    assert config["eos_token_id"] == tok.eos_token_id and config["bos_token_id"] == tok.bos_token_id
+    # The real config.json says bos_token_id 151643 (not the tokenizer's 151646); generation_config says 151646.
+    assert (config["bos_token_id"], config["eos_token_id"]) == (151643, 151643)
+    gen = json.loads((tiny_model_dir / "generation_config.json").read_text())
+    assert (gen["bos_token_id"], gen["eos_token_id"]) == (151646, 151643)
 
 
-def test_templated_string_tokenized_with_special_tokens_has_two_bos(tok):
+def test_bos_from_the_tokenizer_depends_on_the_transformers_version(tok, tok_4x):
+    # Pinned transformers 5.x: the tokenizer adds no BOS; 4.x (LlamaTokenizerFast, add_bos_token): it adds one.
+    assert tok("头痛")["input_ids"][0] != tok.bos_token_id
+    assert tok_4x("头痛")["input_ids"][0] == tok_4x.bos_token_id
+    # Both read the same template, which writes BOS itself: tokenized with special tokens, 4.x gets two.
     text = tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
-    assert text.startswith(BOS)
-    ids = tok(text)["input_ids"]
-    assert ids[:2] == [tok.bos_token_id, tok.bos_token_id], "the tokenizer prepends BOS itself (the trap)"
-    assert tok(text, add_special_tokens=False)["input_ids"].count(tok.bos_token_id) == 1
-    prompt_ids = encode_prompt(tok, QUESTION)
-    assert prompt_ids[0] == tok.bos_token_id and prompt_ids.count(tok.bos_token_id) == 1
-    tokenized = tok.apply_chat_template(QUESTION, tokenize=True, add_generation_prompt=True)["input_ids"]
-    assert tokenized == prompt_ids
-    # plain text (no template) gets exactly one BOS from the tokenizer
-    assert tok("头痛")["input_ids"][0] == tok.bos_token_id
+    assert text.startswith(BOS) and text == tok_4x.apply_chat_template(QUESTION, tokenize=False,
+                                                                      add_generation_prompt=True)
+    assert tok(text)["input_ids"].count(tok.bos_token_id) == 1
+    assert tok_4x(text)["input_ids"][:2] == [tok.bos_token_id, tok.bos_token_id]
+
+
+@pytest.mark.parametrize("version", ["pinned 5.x", "4.x"])
+def test_every_prompt_and_training_example_has_exactly_one_bos(tok, tok_4x, version):
+    from r1_sft.chat import ChatSession
+
+    tokenizer = tok if version == "pinned 5.x" else tok_4x
+    prompt_ids = encode_prompt(tokenizer, QUESTION)
+    assert prompt_ids[0] == tokenizer.bos_token_id and prompt_ids.count(tokenizer.bos_token_id) == 1
+    assert tokenizer.apply_chat_template(QUESTION, tokenize=True, add_generation_prompt=True)["input_ids"] == prompt_ids
+    example = encode_example(tokenizer, "头痛怎么办？", "<think>\n先想一想病因\n</think>\n\n多休息。")
+    assert example["input_ids"][:len(prompt_ids)] == prompt_ids
+    assert example["input_ids"].count(tokenizer.bos_token_id) == 1
+    # The chat's prompt for a second turn (history without reasoning) has one BOS too.
+    session = ChatSession.__new__(ChatSession)  # only the prompt builder is exercised: no model needed
+    session.tokenizer = tokenizer
+    messages = [*QUESTION, {"role": "assistant", "content": "多休息。"}, {"role": "user", "content": "还要注意什么？"}]
+    chat_ids = encode_prompt(tokenizer, messages)
+    assert chat_ids.count(tokenizer.bos_token_id) == 1 and chat_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(chat_ids).endswith(f"{ASSISTANT}<think>\n")
 
 
 def test_generation_prompt_ends_inside_the_think_block(tok):
@@ -94,24 +149,32 @@ def test_tokenizer_round_trips_after_reload(tok):
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
-def test_tiny_model_is_a_small_qwen2_like_the_real_one(tiny_model_dir, tok):
+def test_tiny_model_is_a_small_qwen2_with_the_real_vocabulary(tiny_model_dir, tok):
     from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
 
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert config["architectures"] == ["Qwen2ForCausalLM"] and config["tie_word_embeddings"] is False
     assert config["num_key_value_heads"] < config["num_attention_heads"]  # grouped-query attention
-    assert config["vocab_size"] > len(tok)  # embedding rows beyond the tokenizer, like 151,936 > 151,665
+    assert config["vocab_size"] == 151936 and config["max_position_embeddings"] == 131072
     with safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    assert model.lm_head.weight.shape[0] == model.get_input_embeddings().weight.shape[0] == 151936
     gen = json.loads((tiny_model_dir / "generation_config.json").read_text())
     assert (gen["do_sample"], gen["temperature"], gen["top_p"]) == (True, 0.6, 0.95)
-    assert (gen["bos_token_id"], gen["eos_token_id"]) == (tok.bos_token_id, tok.eos_token_id)
     tok_config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
-    assert tok_config["add_bos_token"] is True
+    # The real file's fields, which transformers 4.x reads as "prepend BOS" and 5.x ignores.
+    assert (tok_config["tokenizer_class"], tok_config["add_bos_token"]) == ("LlamaTokenizerFast", True)
     assert (tiny_model_dir / "run_info.json").is_file()
+    # Pre-training learned the corpus: a sample sentence is far likelier than uniform over 151,936 ids.
+    ids = torch.tensor([[tok.bos_token_id] + tok("建议及时就医，必要时完善相关检查。", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss.item()
+    assert loss < 0.7 * math.log(151936)
 
 
-def test_tiny_build_is_deterministic_and_shares_its_tokenizer(tmp_path):
+def test_tiny_build_is_deterministic_and_uses_the_real_tokenizer(tmp_path, tiny_model_dir):
     from r1_sft.tiny_model import build_tiny_model
 
     corpus = [FIXTURES / "r1_data_sample.jsonl", FIXTURES / "teacher_sample.jsonl"]
@@ -119,13 +182,36 @@ def test_tiny_build_is_deterministic_and_shares_its_tokenizer(tmp_path):
     a = build_tiny_model(tmp_path / "a", **kwargs)
     build_tiny_model(tmp_path / "b", **kwargs)
     build_tiny_model(tmp_path / "seed1", seed=1, **kwargs)
-    build_tiny_model(tmp_path / "wide", hidden_size=128, **kwargs)
     weights = lambda name: (tmp_path / name / "model.safetensors").read_bytes()  # noqa: E731
-    tokenizer = lambda name: (tmp_path / name / "tokenizer.json").read_bytes()  # noqa: E731
     assert weights("a") == weights("b")
     assert weights("a") != weights("seed1")
-    assert tokenizer("a") == tokenizer("b") == tokenizer("wide")
-    assert a.documents == 16 and a.final_loss < a.first_loss
+    # Whatever the corpus, the tokenizer is the real one (the distillation teacher shares it).
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes()
+    assert a.documents == 16 and a.final_loss < a.first_loss and a.tokenizer_size == 151665
+
+
+def test_compact_pretraining_equals_the_full_vocabulary_loss():
+    """The stand-in pre-trains on a compact output layer; exported, the full 151,936-row model has the same loss."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1_sft.tiny_model import _pretrain_compact
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config)
+    stream = [3, 17, 5, 900, 17, 3, 44, 5, 17, 900] * 6
+    used = sorted(set(stream) | {998, 999})
+    last_loss, _ = _pretrain_compact(model, stream, used, 1000 - len(used), seed=0, steps=1, batch_size=2,
+                                     block_size=8, learning_rate=0.0, verbose=False)  # lr 0: weights unchanged
+    gen = torch.Generator().manual_seed(0)  # the batch the step drew
+    starts = torch.randint(0, len(stream) - 8, (2,), generator=gen)
+    batch = torch.stack([torch.tensor(stream[s:s + 8]) for s in starts.tolist()])
+    with torch.no_grad():
+        full = model(input_ids=batch, labels=batch).loss.item()
+    assert full == pytest.approx(last_loss, rel=1e-5)
+    unused = [i for i in range(1000) if i not in used]
+    assert torch.equal(model.lm_head.weight[unused[0]], model.lm_head.weight[unused[-1]])
 
 
 # ---------------------------------------------------------------- the loader

@@ -250,3 +250,46 @@ def test_killed_run_resumes_to_the_same_adapter(trained_run, tiny_model_dir, tmp
     evals_a, evals_b = ([(h["step"], round(h["eval_loss"], 5)) for h in read_log(run) if "eval_loss" in h]
                         for run in (trained_run, out))
     assert evals_b == evals_a
+
+
+# ----------------------------------------------------------------------------- 4-bit kernels by CPU
+
+def test_4bit_training_keeps_one_kernel_on_a_cpu_with_avx512_bf16(tiny_model_dir, monkeypatch):
+    """Forces bitsandbytes' AVX512-BF16 path on any CPU: train -> evaluate -> train stays on one kernel.
+
+    bitsandbytes 0.50 repacks a Linear4bit's weights for its CPU inference kernel on the first eval-mode,
+    no-grad forward when the module says ``support_avx512bf16_for_cpu``. The spy stands in for the
+    repacking (so machines without the feature never run that kernel) and records whether it was asked for.
+    """
+    import bitsandbytes.nn.modules as bnb_modules
+
+    from r1_sft.modeling import load_model
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)  # what such a CPU reports
+    repacked = []
+
+    def spy(weight, quant_state):
+        repacked.append(weight.shape)
+        return weight, quant_state
+
+    monkeypatch.setattr(bnb_modules, "_convert_weight_packed_for_cpu", spy)
+    cfg = TrainConfig(model_path=str(tiny_model_dir), use_4bit=True, gradient_checkpointing=False,
+                      lora_target_modules="q_proj,v_proj")
+    model, tokenizer = setup_lora_model(cfg)
+    linear4bit = [m for m in model.modules() if isinstance(m, bnb_modules.Linear4bit)]
+    assert linear4bit and not any(m.support_avx512bf16_for_cpu for m in linear4bit)
+    ids = torch.tensor([tokenizer("头痛三天，伴低热。")["input_ids"]])
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    model.eval()  # the Trainer's evaluation
+    with torch.no_grad():
+        model(input_ids=ids, labels=ids)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert repacked == [], "a training model must not switch to the CPU inference packing"
+
+    # Control: the path is live in this test. Inference-only loading may repack (it is faster there).
+    inference, _ = load_model(tiny_model_dir, use_4bit=True)
+    with torch.no_grad():
+        inference(input_ids=ids)
+    assert len(repacked) == len([m for m in inference.modules() if isinstance(m, bnb_modules.Linear4bit)])
