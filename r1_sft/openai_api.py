@@ -188,7 +188,7 @@ class Completion:
     completion_tokens: int  # generated tokens, EOS included
     reasoning_tokens: int   # tokens up to and including </think>; all but EOS when it never closed
     finish_reason: str      # "stop" (EOS) or "length" (max_tokens)
-    client_left: bool       # stopped early because the client went away
+    stopped: bool           # ended early by its StopFlag: the client left, or the server is stopping
     seconds: float
 
 

@@ -85,7 +85,7 @@ def generate_completion(model, tokenizer, request: CompletionRequest, stop: Stop
         new = new[:new.index(eos_id) + 1]
     text = tokenizer.decode(new, skip_special_tokens=True)
     return Completion(text, len(new), _reasoning_tokens(tokenizer, new, text, eos_id),
-                      "stop" if stopped_by_eos else "length", stop.requested, seconds)
+                      "stop" if stopped_by_eos else "length", stop.requested and not stopped_by_eos, seconds)
 
 
 # ---------------------------------------------------------------- the queue
@@ -110,7 +110,7 @@ class GenerationQueue:
         self._admitted = 0
         self._running = 0
         self._stops: set[StopFlag] = set()
-        self._mean_seconds = 0.0  # running mean of a generation's duration, for Retry-After
+        self._mean_seconds = 0.0  # typical duration of one generation (s), for Retry-After
 
     @property
     def running(self) -> int:
@@ -141,10 +141,11 @@ class GenerationQueue:
             try:
                 return work()
             finally:
+                seconds = time.perf_counter() - t0
                 with self._lock:
                     self._running -= 1
-                    self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * (time.perf_counter() - t0) \
-                        if self._mean_seconds else time.perf_counter() - t0
+                    # A moving average: recent generations say best how long the next wait is.
+                    self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds if self._mean_seconds else seconds
 
         def release(_: Future) -> None:
             with self._lock:
@@ -265,11 +266,14 @@ def create_app(model, tokenizer, settings: ServerSettings):
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         waiting = asyncio.wrap_future(future)
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # failures are logged by _logger
         while not (await asyncio.wait({waiting}, timeout=0.5))[0]:
             if await request.is_disconnected():
                 stop.set()  # nobody is waiting for this answer any more
                 return JSONResponse(error_body("the client closed the request", code="client_closed"), 499)
         completion = _result(future)
+        if completion is None:  # stopped before it started: the server is shutting down
+            raise ApiError(503, "the server is shutting down", type="server_error")
         return completion_body(completion_id, created, settings.model_name, len(req.prompt_ids), completion)
 
     return app
@@ -277,7 +281,9 @@ def create_app(model, tokenizer, settings: ServerSettings):
 
 def _result(future: Future) -> Completion | None:
     """The finished generation (None: skipped, its client left while waiting); ApiError 500 when it
-    failed -- the failure is logged and the server goes on."""
+    failed -- the failure is logged and the server goes on -- and 503 when shutdown dropped it."""
+    if future.cancelled():
+        raise ApiError(503, "the server is shutting down", type="server_error")
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 -- any failure in generate must not take the server down
@@ -301,7 +307,8 @@ def _logger(completion_id: str, prompt_tokens: int, stream: bool) -> Callable[[F
             print(f"{head} tokens, not generated: the client left while waiting", flush=True)
             return
         speed = completion.completion_tokens / completion.seconds if completion.seconds > 0 else 0.0
-        end = "stopped early: the client left" if completion.client_left else f"finish {completion.finish_reason}"
+        end = "stopped early (client gone or server stopping)" if completion.stopped \
+            else f"finish {completion.finish_reason}"
         print(f"{head} + completion {completion.completion_tokens} tokens (reasoning {completion.reasoning_tokens}), "
               f"{end}, {completion.seconds:.1f} s, {speed:.1f} tokens/s", flush=True)
     return log
@@ -311,10 +318,11 @@ async def _stream(events: asyncio.Queue, stop: StopFlag, completion_id: str, cre
                   req: CompletionRequest):
     """Server-sent events for one streamed completion. When the client closes the connection,
     Starlette cancels this generator; ``finally`` then sets ``stop``, which ends the generation."""
-    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
-        return sse({"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-                    **extra})
+    head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return sse({**head, "choices": [choice]})
 
     deltas = DeltaStream()
     try:
@@ -335,9 +343,7 @@ async def _stream(events: asyncio.Queue, stop: StopFlag, completion_id: str, cre
             if completion is not None:
                 yield chunk({}, completion.finish_reason)
                 if req.include_usage:  # OpenAI's shape: one more chunk, no choices, the usage
-                    yield sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                               "model": model_name, "choices": [],
-                               "usage": usage(len(req.prompt_ids), completion)})
+                    yield sse({**head, "choices": [], "usage": usage(len(req.prompt_ids), completion)})
                 yield sse("[DONE]")
             return
     finally:
@@ -364,5 +370,14 @@ def run_server(app, sock: socket.socket) -> None:
     """Serve ``app`` on the bound socket with uvicorn until Ctrl-C (or SIGTERM)."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.queue.close()  # Ctrl-C: end running generations now, so open streams finish at once
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn hands Ctrl-C on after its own clean shutdown
+        pass
+    print("[serve] stopped", flush=True)
