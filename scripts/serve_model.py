@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.chat import NOTICE, context_limit  # noqa: E402
-from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
+from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
 from r1_sft.modeling import load_model, resolve_model_folder  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.serving import ServerSettings, bind_socket, create_app, run_server  # noqa: E402
@@ -32,7 +32,7 @@ from r1_sft.serving import ServerSettings, bind_socket, create_app, run_server  
 
 @dataclass
 class Config:
-    model: str = "model/deepseek_r1_1.5b_lora/best_model"  # model folder (base, LoRA adapter or merged)
+    model: str = path_field("model/deepseek_r1_1.5b_lora/best_model")  # model folder (base, LoRA adapter or merged)
     host: str = "127.0.0.1"  # address to listen on; 0.0.0.0 = every interface (set --api_key_env then)
     port: int = 8000  # TCP port; 0 = any free port (printed at start)
     api_key_env: str = ""  # name of the environment variable holding the API key; "" = no key required
