@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainerCallback
 
-IGNORE_INDEX = -100
+from .r1_format import IGNORE_INDEX
+
 PADDING_FREE = "padding_free"
 LENGTH_GROUPED = "length_grouped"
 STRATEGIES = (PADDING_FREE, LENGTH_GROUPED)

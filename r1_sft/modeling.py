@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .cli import UserError
-from .paths import REPO_ROOT, display_path, repo_path
+from .paths import REPO_ROOT, display_path, repo_path, tried_path
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_INFO = "merge_info.json"  # written by merge_adapter(); marks a folder as a merged adapter
@@ -43,7 +43,7 @@ def resolve_model_folder(path: str | Path) -> ModelFolder:
     """
     folder = repo_path(path).resolve()
     if not folder.is_dir():
-        raise UserError(f"{display_path(folder)}: model folder not found ({DOWNLOAD_HINT})")
+        raise UserError(f"{tried_path(folder)}: model folder not found ({DOWNLOAD_HINT})")
     if (folder / ADAPTER_CONFIG).is_file():
         if not any(folder.glob("adapter_model*.safetensors")):
             raise UserError(f"{display_path(folder)}: adapter folder has no adapter_model.safetensors "
@@ -76,11 +76,11 @@ def _adapter_base(adapter: Path) -> Path:
 
 def _check_full_weights(folder: Path, what: str) -> None:
     if not folder.is_dir():
-        raise UserError(f"{display_path(folder)}: {what} not found ({DOWNLOAD_HINT})")
+        raise UserError(f"{tried_path(folder)}: {what} not found ({DOWNLOAD_HINT})")
     if not (folder / "config.json").is_file():
-        raise UserError(f"{display_path(folder)}: {what} has no config.json ({DOWNLOAD_HINT})")
+        raise UserError(f"{tried_path(folder)}: {what} has no config.json ({DOWNLOAD_HINT})")
     if not any(folder.glob("*.safetensors")):
-        raise UserError(f"{display_path(folder)}: {what} has no *.safetensors weights (this project loads "
+        raise UserError(f"{tried_path(folder)}: {what} has no *.safetensors weights (this project loads "
                         f"safetensors only; {DOWNLOAD_HINT})")
 
 
@@ -114,14 +114,53 @@ def pick_device() -> str:
     return "cpu"
 
 
-def pick_dtype(device: str | torch.device) -> torch.dtype:
-    """bfloat16 on GPUs that support it natively, else float16 on GPU; float32 on CPU.
+@dataclass(frozen=True)
+class Precision:
+    """The one precision decision: weights, 4-bit compute, Trainer mixed precision and inference agree."""
 
-    bf16 matters: LoRA-trained R1 distills served in fp16 can emit only ``!`` (shared FACTS).
+    train_weights: torch.dtype  # frozen base weights while training, and the 4-bit compute dtype then
+    trainer_bf16: bool  # TrainingArguments(bf16=...): bf16 autocast
+    trainer_fp16: bool  # TrainingArguments(fp16=...): fp16 autocast with loss scaling, over fp32 LoRA weights
+    inference: torch.dtype  # evaluation, chat, serving, vLLM, merging for serving
+    reason: str  # one line for logs: which rule applied
+
+
+def decide_precision(device: str | torch.device = "cpu", weight_bytes: int | None = None) -> Precision:
+    """bf16 only where the GPU has it natively (compute capability >= 8.0: A100, L4, RTX 30/40, H100).
+
+    ``torch.cuda.is_bf16_supported()`` is not asked: by default it counts emulation and says True on
+    T4 and V100. On those older GPUs training uses fp16 base weights with fp16 mixed precision and
+    loss scaling (peft keeps the LoRA weights in fp32), and inference uses fp32 weights when they fit
+    in 70% of the card (``weight_bytes``: the bf16 weights' size on disk), because LoRA-tuned R1
+    distills served in fp16 can emit only ``!`` (shared FACTS); a model too large for fp32 falls back
+    to fp16 and says so. CPU: fp32 throughout.
     """
-    if torch.device(device).type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    return torch.float32
+    device = torch.device(device)
+    if device.type != "cuda":
+        return Precision(torch.float32, False, False, torch.float32, "cpu: float32")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    if major >= 8:
+        return Precision(torch.bfloat16, True, False, torch.bfloat16,
+                         f"compute capability {major}.{minor}: bfloat16")
+    total = torch.cuda.get_device_properties(index).total_memory
+    fits_fp32 = weight_bytes is None or 2 * weight_bytes <= 0.7 * total
+    inference = torch.float32 if fits_fp32 else torch.float16
+    note = "float32 inference" if fits_fp32 else \
+        "float16 inference (float32 weights would not fit; R1 distills may emit only '!' in fp16: try --use_4bit)"
+    return Precision(torch.float16, False, True, inference,
+                     f"compute capability {major}.{minor} (no native bf16): float16 training with loss scaling, {note}")
+
+
+def pick_dtype(device: str | torch.device, for_training: bool = False, weight_bytes: int | None = None) -> torch.dtype:
+    """Weights dtype for loading: from :func:`decide_precision`, for training or for inference."""
+    plan = decide_precision(device, weight_bytes)
+    return plan.train_weights if for_training else plan.inference
+
+
+def weights_size(folder: Path) -> int:
+    """Bytes of a model folder's safetensors weights."""
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
 def pick_attn_implementation(device: str | torch.device) -> str:
@@ -142,6 +181,21 @@ def _as_dtype(dtype) -> torch.dtype | None:
     return value
 
 
+def from_pretrained_kwargs(folder: ModelFolder, *, use_4bit: bool, for_training: bool, device: str, dtype=None,
+                           attn_implementation: str | None = None, trust_remote_code: bool = False) -> dict:
+    """``from_pretrained`` arguments: dtype (and 4-bit compute dtype) from the one precision decision."""
+    dtype = _as_dtype(dtype) or pick_dtype(device, for_training, weights_size(folder.base_path))
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation or pick_attn_implementation(device),
+                  use_safetensors=True, trust_remote_code=trust_remote_code, device_map={"": device})
+    if use_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    return kwargs
+
+
 def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool = False, device=None,
                dtype=None, attn_implementation: str | None = None, trust_remote_code: bool = False):
     """Load a base, merged or adapter folder; returns ``(model, tokenizer)``.
@@ -151,18 +205,14 @@ def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool =
     the chosen dtype. Weights load from safetensors only. The tokenizer is padded left for
     generation, right when ``for_training``; the model is in eval mode unless ``for_training``.
     """
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     folder = resolve_model_folder(path)
     device = str(device or pick_device())
-    dtype = _as_dtype(dtype) or pick_dtype(device)
-    attn = attn_implementation or pick_attn_implementation(device)
-    kwargs = dict(dtype=dtype, attn_implementation=attn, use_safetensors=True,
-                  trust_remote_code=trust_remote_code, device_map={"": device})
-    if use_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+    kwargs = from_pretrained_kwargs(folder, use_4bit=use_4bit, for_training=for_training, device=device,
+                                    dtype=dtype, attn_implementation=attn_implementation,
+                                    trust_remote_code=trust_remote_code)
+    dtype, attn = kwargs["dtype"], kwargs["attn_implementation"]
     model = AutoModelForCausalLM.from_pretrained(str(folder.base_path), **kwargs)
     if use_4bit and for_training:
         keep_training_4bit_kernel(model)
@@ -178,9 +228,9 @@ def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool =
     tokenizer = load_tokenizer(folder.model_path, padding_side="right" if for_training else "left",
                                trust_remote_code=trust_remote_code)
     quant = ", 4-bit NF4" if use_4bit else ""
-    adapter = f" + adapter {display_path(folder.adapter_path)}" if folder.adapter_path else ""
-    print(f"[model] loaded {folder.kind} {display_path(folder.base_path)}{adapter} "
-          f"({device}, {str(dtype).removeprefix('torch.')}{quant}, attn={attn})", flush=True)
+    what = (f"LoRA adapter {display_path(folder.adapter_path)} on base {display_path(folder.base_path)}"
+            if folder.adapter_path else f"{folder.kind} model {display_path(folder.base_path)}")
+    print(f"[model] loaded {what} ({device}, {str(dtype).removeprefix('torch.')}{quant}, attn={attn})", flush=True)
     return model, tokenizer
 
 

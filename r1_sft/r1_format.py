@@ -16,6 +16,7 @@ from typing import Sequence
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 GENERATION_PREFIX = THINK_OPEN + "\n"
+IGNORE_INDEX = -100  # label of positions the loss skips (the prompt; padding)
 
 
 def build_user_text(question: str, instruction: str = "") -> str:
@@ -104,7 +105,7 @@ def encode_example(tokenizer, user_text: str, output: str, max_length: int | Non
     target_ids = tokenizer(target_text(output), add_special_tokens=False)["input_ids"]
     target_ids = target_ids + [tokenizer.eos_token_id]
     input_ids = prompt_ids + target_ids
-    labels = [-100] * len(prompt_ids) + target_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + target_ids
     if max_length is not None and len(input_ids) > max_length:
         if not truncate or len(prompt_ids) >= max_length:
             return None

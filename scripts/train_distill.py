@@ -31,10 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
-from r1_sft.distill import KDTrainer, check_kd_settings, check_same_tokenizer, kd_peak_bytes, load_teacher  # noqa: E402
+from r1_sft.distill import KDTrainer, check_kd_settings, check_same_tokenizer, load_teacher  # noqa: E402
+from r1_sft.loss import loss_peak_bytes  # noqa: E402
 from r1_sft.modeling import load_tokenizer  # noqa: E402
-from r1_sft.paths import display_path, repo_path  # noqa: E402
-from r1_sft.training import TrainConfig, check_config, run_training  # noqa: E402
+from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
+from r1_sft.train_checks import check_before_loading, check_teacher_folder, check_values  # noqa: E402
+from r1_sft.training import TrainConfig, run_training  # noqa: E402
 
 
 @dataclass
@@ -62,23 +64,25 @@ class Config(TrainConfig):
     teacher_use_4bit: bool = True  # teacher weights in 4-bit NF4 (7B: ~5 GB instead of ~15 GB); --no_teacher_use_4bit for bf16
     lambda_kl: float = 0.5  # weight λ of the KL term, 0..1 (0 = plain SFT; 1 = KL only)
     kd_temperature: float = 1.0  # softmax temperature T of both models in the KL (the KL is scaled by T²)
-    kd_chunk_tokens: int = 1024  # trained positions per logits chunk (memory ≈ 24 bytes × chunk × vocab)
+    kd_chunk_tokens: int = 256  # trained positions per logits chunk (memory ≈ 24 bytes × chunk × vocab)
 
 
 @cli_main
 def main(cfg: Config) -> None:
+    # Cheap checks first: a large teacher takes minutes to load.
+    check_values(cfg)
+    check_kd_settings(cfg.lambda_kl, cfg.kd_temperature, cfg.kd_chunk_tokens)
+    for data_file in (cfg.train_file, cfg.val_file):
+        if not repo_path(data_file).is_file():
+            raise UserError(f"{tried_path(repo_path(data_file))}: data file not found (run the teacher branch of "
+                            f"step 1: data/generated_teacher_filtered.py, build_sft_dataset.py, split_sft_train.py)")
     if not cfg.use_teacher_logits:
         print(f"[distill] sequence-level: SFT on the teacher's answers in {cfg.train_file} "
               f"(--use_teacher_logits for token-level distillation)", flush=True)
         run_training(cfg)
         return
-    # Cheap checks first: a large teacher takes minutes to load.
-    check_kd_settings(cfg.lambda_kl, cfg.kd_temperature, cfg.kd_chunk_tokens)
-    check_config(cfg)
-    for data_file in (cfg.train_file, cfg.val_file):
-        if not repo_path(data_file).is_file():
-            raise UserError(f"{display_path(repo_path(data_file))}: data file not found (run the teacher branch of "
-                            f"step 1: data/generated_teacher_filtered.py, build_sft_dataset.py, split_sft_train.py)")
+    check_before_loading(cfg)  # the student's side: paths, trackers, data format, LoRA names
+    check_teacher_folder(cfg.teacher_model_path)
 
     student_tokenizer = load_tokenizer(cfg.model_path, padding_side="right")
     if cfg.dry_run:  # check the pairing, show the encoding, load no model
@@ -93,7 +97,7 @@ def main(cfg: Config) -> None:
     when = "every step" if cfg.lambda_kl > 0 else "evaluation only (lambda_kl=0: training is plain SFT)"
     print(f"[distill] token-level: loss = {1 - cfg.lambda_kl:g}·CE + {cfg.lambda_kl:g}·{cfg.kd_temperature:g}²·"
           f"KL(teacher ‖ student) over trained tokens; teacher runs {when}; KL over {kl_vocab} tokens in chunks "
-          f"of {cfg.kd_chunk_tokens} positions (~{kd_peak_bytes(cfg.kd_chunk_tokens, kl_vocab) / 2**30:.2f} GiB)",
+          f"of {cfg.kd_chunk_tokens} positions (~{loss_peak_bytes(cfg.kd_chunk_tokens, kl_vocab) / 2**30:.2f} GiB)",
           flush=True)
     run_training(cfg, trainer_cls=KDTrainer, trainer_kwargs=dict(
         teacher_model=teacher, lambda_kl=cfg.lambda_kl, kd_temperature=cfg.kd_temperature, kl_vocab=kl_vocab,

@@ -16,12 +16,13 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-import r1_sft.distill as distill
+import r1_sft.loss as loss_module
 from conftest import REPO, run_script
 from r1_sft.batching import make_collator
-from r1_sft.distill import KDTrainer, chunked_kd_loss, distillation_loss, tokenizer_mismatch
+from r1_sft.distill import KDTrainer, tokenizer_mismatch
+from r1_sft.loss import chunked_loss, model_loss
 from r1_sft.modeling import load_model, load_tokenizer
-from r1_sft.tiny_model import build_tiny_model, train_tokenizer
+from r1_sft.tiny_model import EOS_TOKEN, build_tiny_model
 from r1_sft.training import SFTTrainer, encode_dataset, load_sft_records
 
 SCRIPT = "scripts/train_distill.py"
@@ -84,7 +85,7 @@ def test_chunked_loss_and_gradient_equal_the_full_logits_formula(chunk_tokens):
 
     expected = reference_kd_loss(s_hidden, s_head, t_hidden, t_head, labels, 0.3, 2.0, kl_vocab)
     (grad_expected,) = torch.autograd.grad(expected, s_hidden)
-    got = chunked_kd_loss(s_hidden, s_head, labels, teacher_hidden=t_hidden, teacher_head=t_head, lambda_kl=0.3,
+    got = chunked_loss(s_hidden, s_head, labels, teacher_hidden=t_hidden, teacher_head=t_head, lambda_kl=0.3,
                           temperature=2.0, kl_vocab=kl_vocab, chunk_tokens=chunk_tokens)
     (grad_got,) = torch.autograd.grad(got.loss, s_hidden)
 
@@ -106,13 +107,13 @@ def test_backward_keeps_no_vocabulary_sized_logits(monkeypatch):
     def saved_elements() -> int:
         sizes = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            loss = chunked_kd_loss(s_hidden, s_head, labels, teacher_hidden=t_hidden, teacher_head=t_head,
+            loss = chunked_loss(s_hidden, s_head, labels, teacher_hidden=t_hidden, teacher_head=t_head,
                                    lambda_kl=0.5, chunk_tokens=32).loss
         loss.backward()
         return sum(sizes)
 
     assert saved_elements() < 32 * vocab  # less than ONE chunk of logits, for 4 chunks
-    monkeypatch.setattr(distill, "checkpoint", lambda fn, *args, **kwargs: fn(*args))
+    monkeypatch.setattr(loss_module, "checkpoint", lambda fn, *args, **kwargs: fn(*args))
     assert saved_elements() > tokens * vocab
 
 
@@ -132,7 +133,7 @@ def test_padding_free_and_padded_batches_give_the_same_ce_and_kl(pair, features)
             batch = make_collator(tokenizer, student, strategy=strategy)[0](features)
             batch.pop("use_cache", None)
             with torch.no_grad():
-                results[strategy] = distillation_loss(student, batch, teacher=teacher, lambda_kl=0.5, chunk_tokens=16)
+                results[strategy] = model_loss(student, batch, teacher=teacher, lambda_kl=0.5, chunk_tokens=16)
     finally:
         student.config.use_cache = True
     flat, padded = results["padding_free"], results["length_grouped"]
@@ -146,23 +147,27 @@ def test_a_teacher_identical_to_the_student_has_zero_kl(pair, features):
     student, _, tokenizer = pair
     batch = make_collator(tokenizer, student, strategy="padding_free")[0](features)
     with torch.no_grad():
-        parts = distillation_loss(student, batch, teacher=student, lambda_kl=1.0, temperature=2.0)
+        parts = model_loss(student, batch, teacher=student, lambda_kl=1.0, temperature=2.0)
     assert abs(float(parts.kl_sum)) < 1e-4 and abs(float(parts.loss)) < 1e-6
 
 
 @pytest.mark.parametrize("strategy", ["padding_free", "length_grouped"])
-def test_lambda_zero_is_exactly_plain_sft_loss_and_gradient(pair, features, strategy, tmp_path):
+def test_chunked_sft_loss_and_kd_at_lambda_zero_equal_the_stock_loss(pair, features, strategy, tmp_path):
+    """One loss for SFT and distillation: the chunked CE (default SFT) and KD at λ = 0 give the stock
+    full-logits loss and its gradient, on padded and padding-free batches alike."""
     student, teacher, tokenizer = pair
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    plain = SFTTrainer(model=student, args=args)  # what the SFT script trains with
+    stock = SFTTrainer(model=student, args=args, loss_chunk_tokens=0)  # transformers' own causal-LM loss
+    chunked = SFTTrainer(model=student, args=args, loss_chunk_tokens=16)  # what the SFT script trains with
     kd = KDTrainer(model=student, args=args, teacher_model=teacher, lambda_kl=0.0, kl_vocab=len(tokenizer),
                    kd_chunk_tokens=16)
+    assert stock.uses_stock_loss and not chunked.uses_stock_loss
     batch = make_collator(tokenizer, student, strategy=strategy)[0](features)
     n = 3 * trained_count(batch)  # as under gradient accumulation: the tokens of all 3 micro-batches
     student.train()  # the training path (the teacher is skipped at λ = 0)
     try:
         losses, grads = [], []
-        for trainer in (plain, kd):
+        for trainer in (stock, chunked, kd):
             student.zero_grad()
             loss = trainer.compute_loss(student, dict(batch), num_items_in_batch=n)
             loss.backward()
@@ -171,9 +176,10 @@ def test_lambda_zero_is_exactly_plain_sft_loss_and_gradient(pair, features, stra
     finally:
         student.zero_grad()
         student.eval()
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
-    assert not kd._kd_has_kl["train"]  # the teacher did not run
+    for got, grad in zip(losses[1:], grads[1:]):
+        torch.testing.assert_close(got, losses[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, grads[0], rtol=1e-4, atol=1e-7)
+    assert not kd._has_kl["train"]  # the teacher did not run
 
 
 def test_tokenizer_mismatches_are_named(pair, tiny_model_dir):
@@ -184,12 +190,23 @@ def test_tokenizer_mismatches_are_named(pair, tiny_model_dir):
     extra.add_tokens(["<extra_token>"])
     assert "1 only in the teacher, e.g. '<extra_token>'" in tokenizer_mismatch(tokenizer, extra)
 
-    other_corpus = train_tokenizer(["肺炎的常见症状包括咳嗽、发热和胸痛。", "高血压患者应低盐饮食。"] * 20, vocab_size=400)
-    assert "vocabularies differ" in tokenizer_mismatch(tokenizer, other_corpus)
+    assert "vocabularies differ" in tokenizer_mismatch(tokenizer, _small_bpe_tokenizer())
 
     other_eos = load_tokenizer(tiny_model_dir, padding_side="right")
     other_eos.eos_token = "<｜User｜>"  # same vocabulary, another EOS id
     assert tokenizer_mismatch(tokenizer, other_eos).startswith("eos_token_id differs")
+
+
+def _small_bpe_tokenizer():
+    """A tokenizer with another vocabulary (a 400-token BPE trained here), as another model family would have."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = ["肺炎的常见症状包括咳嗽、发热和胸痛。", "高血压患者应低盐饮食。"] * 20
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, show_progress=False, special_tokens=[EOS_TOKEN]))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
 
 
 # ----------------------------------------------------------------------------- the script
