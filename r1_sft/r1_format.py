@@ -2,7 +2,8 @@
 
 DeepSeek-R1 distills answer as ``<think>\\n{reasoning}\\n</think>\\n\\n{answer}<eos>``. Their chat
 template (see shared FACTS):
-  * writes BOS itself, and the tokenizer adds another one unless add_special_tokens=False;
+  * writes BOS itself; under transformers 4.x the tokenizer adds another one (5.x, pinned here, adds
+    none), so template text is always encoded with add_special_tokens=False: one BOS under both;
   * cuts every assistant turn to the text after ``</think>`` -- so a training string rendered
     through the template loses its reasoning. The target is therefore appended by hand;
   * ends the generation prompt with ``<｜Assistant｜><think>\\n`` (older revisions stop at

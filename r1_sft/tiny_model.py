@@ -62,7 +62,8 @@ REAL_MAX_POSITIONS = 131072  # config.json max_position_embeddings
 REAL_MODEL_MAX_LENGTH = 16384  # tokenizer_config.json model_max_length
 
 # The project's own sample corpus (committed sample data), relative to the repository root.
-DEFAULT_CORPUS_GLOBS = ("modelscope_r1_data/r1_data_example.jsonl", "r1_generated/0*.jsonl")
+# The teacher samples by name: generated files (004.jsonl and its rejects) never change the stand-in.
+DEFAULT_CORPUS_GLOBS = ("modelscope_r1_data/r1_data_example.jsonl", "r1_generated/00[1-3].jsonl")
 
 # R1's chat template semantics (the real one also handles tools): system text pasted raw after BOS,
 # assistant turns cut to the text after </think>, generation prompt ends in <think>\n.
