@@ -464,3 +464,21 @@ def test_download_offline_goes_on_with_a_complete_local_copy(tiny_model_dir, tmp
     assert "using the complete local copy" in proc.stdout
     (local / "config.json").unlink()  # an incomplete copy is still an error
     assert _download(f"http://127.0.0.1:{port}", local, tmp_path).returncode == 2
+
+
+def test_library_chatter_is_silenced_once_the_package_is_imported():
+    """bitsandbytes logs a warning at import on AVX512-BF16 CPUs (and peft imports bitsandbytes); the
+    simulated warning and the real imports must print nothing, so one-line errors stay one line anywhere."""
+    import subprocess
+    import sys
+
+    code = ("import r1_sft, logging, peft, transformers, bitsandbytes\n"
+            "logging.getLogger('bitsandbytes.backends.cpu.ops').warning("
+            "'Failed to load CPU gemm_4bit_forward from kernels-community')\n"
+            "logging.getLogger('transformers.tokenization_utils_base').warning('pad token notice')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""
+    control = subprocess.run([sys.executable, "-c", code.replace("import r1_sft, ", "import ")], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert "gemm_4bit_forward" in control.stderr  # without the package's filter the warning would show
