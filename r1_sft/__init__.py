@@ -1,14 +1,30 @@
 """Shared code for the 医疗报告 R1 SFT stage scripts.
 
 Modules, by concern:
-  paths       repository-root path resolution
-  cli         constants dataclass -> command-line flags, one-line user errors
-  run_info    resolved config, library versions and git commit saved beside outputs
-  r1_format   the R1 think format: build SFT targets, build prompts, encode, parse outputs
-  generation  batched, left-padded generation with throughput (optional vLLM backend)
-  metrics     every evaluation metric for Chinese text (ROUGE on jieba words, BLEU-4 zh, format, repetition)
-  evaluation  load questions, generate with base and tuned, score, write the report
-  library_output  library chatter silenced once, here, before any library is imported
+  library_output   library chatter silenced once, here, before any library is imported
+  paths, cli       path resolution (typed: current folder; defaults: repo root); constants dataclass -> flags,
+                   one-line user errors
+  run_info         resolved config, library versions and git commit saved beside outputs
+  jsonl_io         atomic writes, JSONL reading
+  records, splits  data stage: validate and normalise both sources, rejects, dedup, stratified splits
+  r1_format        the R1 think format: SFT targets, prompts, training encoding, output parsing
+  tiny_model       the offline stand-in: the real R1 tokenizer, 151,936 rows, brief plain-text pre-training
+  modeling         the one loader (base / adapter / merged), the one precision decision, merging
+  batching         padded or padding-free collators, token and padding statistics
+  loss             the chunked training loss for SFT and distillation (no full-vocabulary logits)
+  training         QLoRA / LoRA SFT on the Hugging Face Trainer; train_checks (settings checked before
+                   loading), train_callbacks (progress lines, end summary, loss curve)
+  distill          token-level distillation from a teacher sharing the tokenizer
+  memory_estimate  peak GPU memory of a training run, from config.json
+  decoding         R1 decoding defaults shared by test_model, compare and evaluation
+  generation       batched, left-padded generation with throughput (optional vLLM backend)
+  metrics, mcq     Chinese metrics (ROUGE on jieba words without punctuation, BLEU-4 zh, format, repetition);
+                   the multiple-choice answer reader
+  benchmarks       CMB-Exam, CMExam, MedQA-MCMLE and the project's MCQ files
+  evaluation, eval_report   base vs tuned on held-out questions; tables, report, chart
+  chat             the terminal chat (streaming, history without reasoning, saved conversations)
+  serving, openai_api       the OpenAI-compatible server in DeepSeek's reasoning shape
+  teacher_api, teacher_store   teacher generation from DeepSeek-R1 / vLLM: client, retries, resumable output
 """
 from .library_output import quiet_libraries
 
