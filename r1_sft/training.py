@@ -29,15 +29,19 @@ from typing import Any, Sequence
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .batching import TokenStatsCallback, make_collator
 from .cli import UserError
-from .jsonl_io import atomic_open, read_jsonl, write_jsonl
+from .jsonl_io import read_jsonl, write_jsonl
+from .loss import LossParts, model_loss, shifted_targets
 from .paths import display_path, repo_path
-from .r1_format import encode_example
+from .r1_format import IGNORE_INDEX, encode_example
 from .run_info import save_run_info
+from .train_callbacks import (LogHistoryCallback, SaveWhenStoppingCallback, end_summary, on_terminal, plot_loss_curve,
+                              quiet_dataset_bars, use_progress_output)
+from .train_checks import check_before_loading, report_to
 
-IGNORE_INDEX = -100  # label value the loss skips (prompt tokens, padding)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -77,6 +81,11 @@ class TrainConfig:
     resume: bool = False  # continue from the newest complete checkpoint-N in OUTPUT_DIR
     overwrite_output_dir: bool = False  # delete an earlier run's checkpoints and results in OUTPUT_DIR first
     deepspeed: str = ""  # DeepSpeed config JSON (e.g. configs/deepspeed_zero2.json); empty = plain DDP / single device
+    loss_chunk_tokens: int = 256  # loss through lm_head this many trained positions at a time (~0.6 GB for R1's vocabulary; no full-vocabulary logits); 0 = the stock loss
+    use_liger_kernel: bool = False  # CUDA + liger-kernel installed: Liger's fused linear cross-entropy instead of the chunked loss
+    gpu_memory_gb: float = 0.0  # with --dry_run: also print the largest per-device batch that fits a GPU of this many GB
+    report_to: str = "none"  # experiment tracking through the Trainer: none, tensorboard, swanlab, wandb (comma-separated; each an optional pip install)
+    allow_no_think: bool = False  # train on records whose output is not in the <think> format instead of refusing them
 
 
 @dataclass
@@ -183,35 +192,46 @@ def target_modules(spec: str) -> str | list[str]:
 
 
 def setup_lora_model(cfg: TrainConfig):
-    """Load the base (4-bit NF4 when ``use_4bit``), prepare it for k-bit training, add LoRA adapters.
+    """Load the base (4-bit NF4 when ``use_4bit``), freeze it, add LoRA adapters; returns ``(peft_model, tokenizer)``.
 
-    Returns ``(peft_model, tokenizer)``. Under torchrun ``load_model`` puts each process on its own GPU.
+    The frozen base keeps its dtype: peft's ``prepare_model_for_kbit_training`` would upcast every
+    non-quantized weight to fp32, for R1 the untied embed_tokens and lm_head (2 x 233M parameters =
+    1.87 GB against a 0.7 GB 4-bit body), and its fp32 embedding output would make the whole residual
+    stream fp32 under bf16 autocast. The LoRA weights are fp32 (peft's default), which fp16 loss
+    scaling needs. ``model_path`` may be an adapter folder: training continues that adapter on its
+    real base, and the new adapter_config names that base (never an adapter).
+    Under torchrun ``load_model`` puts each process on its own GPU.
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model
 
-    from .modeling import load_model
+    from .modeling import load_model, resolve_model_folder
 
-    model, tokenizer = load_model(cfg.model_path, use_4bit=cfg.use_4bit, for_training=True)
-    if cfg.use_4bit:
-        # Freezes the base and upcasts the small non-quantized weights (norms, embeddings) to fp32.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    folder = resolve_model_folder(cfg.model_path)
+    model, tokenizer = load_model(folder.base_path, use_4bit=cfg.use_4bit, for_training=True)
+    model.requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-                      target_modules=target_modules(cfg.lora_target_modules), task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
-    # adapter_config.json names its base: keep it repo-relative so the folder stays portable.
-    model.peft_config["default"].base_model_name_or_path = display_path(repo_path(cfg.model_path))
+    if folder.adapter_path is not None:
+        print(f"[lora] continuing adapter {display_path(folder.adapter_path)} on its base "
+              f"{display_path(folder.base_path)} (its rank and target modules; the --lora_* settings are ignored)",
+              flush=True)
+        model = PeftModel.from_pretrained(model, str(folder.adapter_path), is_trainable=True)
+    else:
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                          target_modules=target_modules(cfg.lora_target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    # adapter_config.json names its base (a full-weights folder): repo-relative keeps the folder portable.
+    model.peft_config["default"].base_model_name_or_path = display_path(folder.base_path)
     return model, tokenizer
 
 
 def compute_precision() -> dict:
-    """Trainer mixed-precision flags: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
-    if not torch.cuda.is_available():
-        return {"bf16": False, "fp16": False}
-    bf16 = torch.cuda.is_bf16_supported()
-    return {"bf16": bf16, "fp16": not bf16}
+    """Trainer mixed-precision flags, from the one precision decision (``modeling.decide_precision``)."""
+    from .modeling import decide_precision, pick_device
+
+    plan = decide_precision(pick_device())
+    return {"bf16": plan.trainer_bf16, "fp16": plan.trainer_fp16}
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -236,7 +256,73 @@ class EpochSeededSampler(torch.utils.data.Sampler):
 
 
 class SFTTrainer(Trainer):
-    """The Hugging Face Trainer with a resumable length-grouped shuffle. Subclass this for other losses."""
+    """The Hugging Face Trainer with the project's loss, token-weighted eval_loss and a resumable shuffle.
+
+    Loss: cross-entropy over trained tokens through lm_head in chunks of ``loss_chunk_tokens``
+    positions (``r1_sft.loss``: no full-vocabulary logits). ``loss_chunk_tokens=0`` falls back to the
+    model's stock loss (full logits; for comparison), as does Liger-Kernel's fused linear
+    cross-entropy (``use_liger_kernel``), which patches the model's own forward.
+    ``eval_loss`` is the mean over every trained token of the validation set: the Trainer's own
+    averages batch means weighted by batch size, and counts a padding-free batch as one.
+    Subclass this for other losses (``distill.KDTrainer``).
+    """
+
+    def __init__(self, *args, loss_chunk_tokens: int = 256, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_chunk_tokens = loss_chunk_tokens
+        # [ce_sum, kl_sum, tokens] since the last log, per mode; kept on the device (no sync per step)
+        self._loss_sums = {mode: torch.zeros(3, dtype=torch.float64, device=self.args.device)
+                           for mode in ("train", "eval")}
+        self._has_kl = {"train": False, "eval": False}
+
+    @property
+    def uses_stock_loss(self) -> bool:
+        return self.loss_chunk_tokens <= 0 or bool(self.args.use_liger_kernel)
+
+    def loss_parts(self, model, inputs, num_items_in_batch, mode: str) -> LossParts:
+        """This batch's loss and its sums; ``KDTrainer`` adds the teacher."""
+        return model_loss(model, inputs, chunk_tokens=self.loss_chunk_tokens, num_items_in_batch=num_items_in_batch,
+                          head_model=self.accelerator.unwrap_model(model))
+
+    def token_mean_loss(self, ce_sum: float, kl_sum: float, tokens: float) -> float:
+        """The loss as a mean over trained tokens, from the summed parts (eval_loss)."""
+        return ce_sum / tokens
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        if self.uses_stock_loss:
+            loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            if mode == "eval":  # num_items_in_batch is None here: loss is this batch's per-token mean
+                tokens = int((shifted_targets(inputs["labels"], inputs.get("shift_labels")) != IGNORE_INDEX).sum())
+                self._add_sums(mode, loss.detach().float() * tokens, None, tokens)
+            return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
+        parts = self.loss_parts(model, inputs, num_items_in_batch, mode)
+        loss = parts.loss
+        # Same scaling as Trainer.compute_loss: the denominator counted tokens on all processes,
+        # and DDP averages gradients over processes.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        self._add_sums(mode, parts.ce_sum, parts.kl_sum, parts.tokens)
+        return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
+
+    def _add_sums(self, mode: str, ce_sum: torch.Tensor, kl_sum: torch.Tensor | None, tokens: int) -> None:
+        kl = kl_sum if kl_sum is not None else torch.zeros_like(ce_sum)
+        self._loss_sums[mode] += torch.stack([ce_sum, kl, ce_sum.new_tensor(tokens)]).to(self._loss_sums[mode])
+        self._has_kl[mode] |= kl_sum is not None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._loss_sums["eval"].zero_()
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        ce, kl, tokens = sum_over_processes(self._loss_sums["eval"]).tolist()
+        if tokens > 0:
+            output.metrics[f"{metric_key_prefix}_loss"] = self.token_mean_loss(ce, kl, tokens)
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            self._loss_sums["train"].zero_()  # plain SFT logs the Trainer's own loss; KDTrainer adds its parts
+        super().log(logs, start_time)
 
     def _get_train_sampler(self, train_dataset=None):
         from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -249,62 +335,17 @@ class SFTTrainer(Trainer):
         return sampler
 
 
+def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """All-reduce (sum) a small tensor over DDP processes; the tensor itself when not distributed."""
+    tensor = values.clone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.cpu()
+
+
 # ----------------------------------------------------------------------------- callbacks
 
-class SaveWhenStoppingCallback(TrainerCallback):
-    """Early stopping may fire at an evaluation that is not a save step: save then, so the last
-    weights exist as a checkpoint (the Trainer already saves at max_steps)."""
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        if control.should_training_stop:
-            control.should_save = True
-        return control
-
-
-class LogHistoryCallback(TrainerCallback):
-    """Keeps OUTPUT_DIR/training_logs/log_history.jsonl equal to the Trainer's log history.
-
-    Runs after TokenStatsCallback, which adds tokens/s and the padding fraction to each entry (the
-    history is also saved in every checkpoint, so a resumed run's file is complete).
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero:
-            write_jsonl(self.path, state.log_history)
-        return control
-
-
 # ----------------------------------------------------------------------------- outputs
-
-def plot_loss_curve(log_history: Sequence[dict], path: Path) -> bool:
-    """Train and eval loss against the optimizer step, as a PNG (matplotlib Agg). False if nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    if not train and not evals:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue")
-    if evals:
-        ax.plot(*zip(*evals), label="eval loss", color="tab:orange", marker="o")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats / trained token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
-    return True
-
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """checkpoint-N folders whose save finished (trainer_state.json is written last), oldest first."""
@@ -337,19 +378,25 @@ def clear_output_dir(output_dir: Path) -> None:
             shutil.rmtree(child)
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Settings the Trainer would reject later, after minutes of loading: refuse them up front."""
-    for name in ("eval_steps", "save_steps", "logging_steps", "per_device_train_batch_size",
-                 "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name} {getattr(cfg, name)}: must be at least 1")
-    if cfg.save_steps % cfg.eval_steps != 0:
-        raise UserError(f"--save_steps {cfg.save_steps} must be a multiple of --eval_steps {cfg.eval_steps} "
-                        f"(the best checkpoint is chosen by eval loss)")
+def check_loss_settings(cfg: TrainConfig) -> None:
+    """The loss switches, checked before anything loads."""
+    if cfg.loss_chunk_tokens < 0:
+        raise UserError(f"--loss_chunk_tokens {cfg.loss_chunk_tokens}: must be >= 0 (0 = the stock full-logits loss)")
+    if cfg.use_liger_kernel:
+        import importlib.util
+
+        if not torch.cuda.is_available():
+            raise UserError("--use_liger_kernel: Liger-Kernel runs on CUDA GPUs only (on this machine the chunked "
+                            "loss, the default, keeps the memory down)")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise UserError("--use_liger_kernel: the liger-kernel package is not installed (pip install liger-kernel)")
 
 
 def build_training_args(cfg: TrainConfig, output_dir: Path, sampling_strategy: str) -> TrainingArguments:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if "tensorboard" in report_to(cfg.report_to):
+        # transformers 5 has no TrainingArguments.logging_dir: its TensorBoard callback reads this variable.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "training_logs" / "tensorboard")
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.num_train_epochs,
@@ -377,7 +424,9 @@ def build_training_args(cfg: TrainConfig, output_dir: Path, sampling_strategy: s
         train_sampling_strategy=sampling_strategy,
         length_column_name="length",
         seed=cfg.seed,
-        report_to="none",
+        report_to=report_to(cfg.report_to),
+        run_name=output_dir.name,  # the trackers' run name: the output folder's
+        disable_tqdm=not on_terminal(),  # in a log file: no bar, train_callbacks writes compact lines instead
         dataloader_pin_memory=torch.cuda.is_available(),
         # On a machine without CUDA, accelerate runs real multi-process DDP under torchrun only
         # with use_cpu set; without it each process silently trains alone.
@@ -385,6 +434,7 @@ def build_training_args(cfg: TrainConfig, output_dir: Path, sampling_strategy: s
         save_only_model=False,  # optimizer, scheduler and RNG state are needed for an exact resume
         ddp_find_unused_parameters=False if distributed else None,
         deepspeed=str(repo_path(cfg.deepspeed)) if cfg.deepspeed else None,
+        use_liger_kernel=cfg.use_liger_kernel,
         **compute_precision(),
     )
 
@@ -401,7 +451,9 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
     """
     from .modeling import load_tokenizer
 
-    check_config(cfg)
+    no_think = check_before_loading(cfg)  # values, paths, trackers, data format, LoRA names: nothing loaded yet
+    check_loss_settings(cfg)
+    quiet_dataset_bars()
     output_dir = repo_path(cfg.output_dir)
     logs_dir = output_dir / "training_logs"
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -413,6 +465,9 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
     if is_main:
         describe_split("train", cfg.train_file, train, cfg.max_length)
         describe_split("val", cfg.val_file, val, cfg.max_length)
+        if any(no_think.values()):
+            print(f"[data] trained as they are (--allow_no_think): {no_think['train']} train and {no_think['val']} "
+                  f"val records whose output is not in the think format", flush=True)
 
     if cfg.dry_run:
         first = train.dataset[0]
@@ -447,14 +502,17 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
         save_run_info(cfg, logs_dir / "run_info.json")
 
     all_callbacks: list[TrainerCallback] = [SaveWhenStoppingCallback(), TokenStatsCallback()]
+    early_stopping = None
     if cfg.early_stopping_patience > 0:
-        all_callbacks.insert(0, EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+        early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
+        all_callbacks.insert(0, early_stopping)
     all_callbacks += list(callbacks)
     all_callbacks.append(LogHistoryCallback(logs_dir / "log_history.jsonl"))  # last: sees every added value
 
     trainer = trainer_cls(model=model, args=args, data_collator=collator, train_dataset=train.dataset,
                           eval_dataset=val.dataset, processing_class=tokenizer, callbacks=all_callbacks,
-                          **(trainer_kwargs or {}))
+                          **{"loss_chunk_tokens": cfg.loss_chunk_tokens, **(trainer_kwargs or {})})
+    use_progress_output(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     state = trainer.state
@@ -474,11 +532,10 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
         plotted = plot_loss_curve(state.log_history, logs_dir / "loss_curve.png")
         for folder in (best_dir, final_dir):
             save_run_info(cfg, folder / "run_info.json")
-        best_loss = state.best_metric
-        print(f"[train] {state.global_step} steps; best eval_loss "
-              f"{best_loss if best_loss is None else round(best_loss, 4)} at "
-              f"{display_path(state.best_model_checkpoint) if state.best_model_checkpoint else '-'}", flush=True)
+        for line in end_summary(args, state, early_stopping, best_dir, final_dir, cfg.eval_steps):
+            print(line, flush=True)
         print(f"[write] {display_path(best_dir)} (best adapter), {display_path(final_dir)} (last adapter), "
               f"{display_path(logs_dir)}/log_history.jsonl ({len(state.log_history)} entries)"
-              f"{', loss_curve.png' if plotted else ''}, run_info.json", flush=True)
+              f"{', loss_curve.png' if plotted else ''}, run_info.json"
+              f"{', tensorboard/' if 'tensorboard' in args.report_to else ''}", flush=True)
     return TrainingResult(best_dir, final_dir, state.global_step, state.best_metric, list(state.log_history))
