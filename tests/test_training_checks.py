@@ -159,8 +159,11 @@ def _state(global_step, max_steps, evals, best_ckpt=None, epochs=3.0):
 
 def test_early_stopping_is_announced_with_its_step_and_best_loss(tmp_path):
     stopper = EarlyStoppingCallback(early_stopping_patience=3)
-    stopper.early_stopping_patience_counter = 3
     state = _state(210, 300, [(150, 1.2345), (180, 1.25), (195, 1.26), (210, 1.3)], "out/checkpoint-150")
+    train_args = SimpleNamespace(metric_for_best_model="eval_loss", greater_is_better=False)
+    for loss in (1.25, 1.26, 1.3):  # the callback's own bookkeeping: three evaluations without a lower loss
+        stopper.check_metric_value(train_args, state, None, loss)
+    assert stopper.early_stopping_patience_counter == 3
     lines = end_summary(SimpleNamespace(max_steps=-1), state, stopper, tmp_path / "best_model",
                         tmp_path / "final_model", eval_steps=15)
     assert lines == [
