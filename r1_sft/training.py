@@ -17,7 +17,6 @@ Extension point for a script with another loss (e.g. knowledge distillation)::
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -378,6 +377,23 @@ def clear_output_dir(output_dir: Path) -> None:
             shutil.rmtree(child)
 
 
+def memory_plan(cfg: TrainConfig, longest: int) -> str:
+    """The estimated peak GPU memory of this run (``r1_sft.memory_estimate``), from config.json alone.
+
+    Estimated for a GPU (16-bit weights; QLoRA's NF4 body) at the longest encoded example, capped
+    by max_length; with ``gpu_memory_gb`` also the largest per-device batch that fits.
+    """
+    from .memory_estimate import describe, estimate, read_shape
+    from .modeling import resolve_model_folder
+
+    shape = read_shape(resolve_model_folder(cfg.model_path).base_path)
+    est = estimate(shape, batch_size=cfg.per_device_train_batch_size, max_length=min(longest, cfg.max_length),
+                   use_4bit=cfg.use_4bit, dtype_bytes=2, lora_r=cfg.lora_r,
+                   lora_target_modules=cfg.lora_target_modules, dropout_mask_bytes=1 if cfg.lora_dropout else 0,
+                   gradient_checkpointing=cfg.gradient_checkpointing, loss_chunk_tokens=cfg.loss_chunk_tokens)
+    return describe(est, gpu_memory_gb=cfg.gpu_memory_gb or None, shape=shape)
+
+
 def check_loss_settings(cfg: TrainConfig) -> None:
     """The loss switches, checked before anything loads."""
     if cfg.loss_chunk_tokens < 0:
@@ -476,6 +492,7 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
         path = logs_dir / "encoded_examples.jsonl"
         n = write_encoded_examples(path, train.dataset)
         print(f"[dry_run] wrote {n} encoded examples to {display_path(path)}; no training done", flush=True)
+        print(memory_plan(cfg, max(train.dataset["length"])), flush=True)
         return None
 
     resume_from = None

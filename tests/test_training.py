@@ -293,3 +293,35 @@ def test_4bit_training_keeps_one_kernel_on_a_cpu_with_avx512_bf16(tiny_model_dir
     with torch.no_grad():
         inference(input_ids=ids)
     assert len(repacked) == len([m for m in inference.modules() if isinstance(m, bnb_modules.Linear4bit)])
+
+
+def test_training_from_an_adapter_continues_it_on_its_real_base(trained_run, tiny_model_dir, tmp_path):
+    """--model_path pointing at an adapter: the new adapter's config names the real base, and the chat loads it."""
+    out = tmp_path / "continued"
+    proc = run_script(SCRIPT, "--model_path", trained_run / "best_model", "--train_file", TRAIN, "--val_file", VAL,
+                      "--output_dir", out, "--max_length", "128", "--max_steps", "1", "--eval_steps", "1",
+                      "--save_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                      "--warmup_ratio", "0", env=ENV)  # no warmup: the one step has a learning rate
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "continuing adapter" in proc.stdout
+    config = json.loads((out / "best_model/adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]).name == tiny_model_dir.name
+    assert not (Path(config["base_model_name_or_path"]) / "adapter_config.json").exists()
+    before = load_file(trained_run / "best_model/adapter_model.safetensors")
+    after = load_file(out / "best_model/adapter_model.safetensors")
+    assert before.keys() == after.keys()  # the same adapter (rank, targets), trained further
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    chat = run_script("scripts/chat_with_model.py", "--model", out / "best_model", "--once", "头痛怎么办？",
+                      "--max_new_tokens", "8", "--conversations_dir", tmp_path / "conv", env=ENV)
+    assert chat.returncode == 0, chat.stdout[-2000:] + chat.stderr[-2000:]
+    assert "LoRA adapter" in chat.stdout and tiny_model_dir.name in chat.stdout
+
+
+def test_dry_run_prints_the_memory_estimate_and_the_largest_batch(tiny_model_dir, tmp_path):
+    proc = run_script(SCRIPT, *train_args(tiny_model_dir, tmp_path / "out"), "--dry_run", "--gpu_memory_gb", "16",
+                      env=ENV)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    memory = [line for line in proc.stdout.splitlines() if line.startswith("[memory]")]
+    assert memory[0].startswith("[memory] estimated peak GPU memory per device: ")
+    assert any("on a 16 GB GPU: batch 4 fits; largest per-device batch at max_length" in line for line in memory)
+    assert "[model] loaded" not in proc.stdout  # from config.json alone
