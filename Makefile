@@ -52,7 +52,7 @@ data: install
 	$(PY) data/split_sft_train.py
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: install data $(TINY)/config.json
 	$(PY) bench/data_pipeline.py
