@@ -25,11 +25,11 @@ $(STAMP): requirements.txt
 # The whole pipeline on the tiny offline model and the sample data (minutes on a CPU).
 demo: install data $(TINY)/config.json
 	@echo "== 2. model: try the tiny offline R1 stand-in"
-	$(PY) scripts/test_model.py --model_path $(TINY)
+	$(PY) scripts/test_model.py --model_path $(TINY) --max_new_tokens 256
 	@echo "== 3. training: QLoRA SFT of the tiny model on the sample data"
 	$(PY) scripts/train_stf_r1_train_val.py --model_path $(TINY) --output_dir $(TINY_LORA) \
-		--overwrite_output_dir --max_length 512 --num_train_epochs 10 --learning_rate 2e-2 \
-		--per_device_train_batch_size 4 --gradient_accumulation_steps 1 --eval_steps 30 --save_steps 30 \
+		--overwrite_output_dir --max_length 512 --max_steps 40 --learning_rate 2e-2 \
+		--per_device_train_batch_size 4 --gradient_accumulation_steps 1 --eval_steps 20 --save_steps 20 \
 		--logging_steps 10 --no_gradient_checkpointing \
 		--lora_target_modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head
 	@echo "== 4. evaluation: base vs fine-tuned"
