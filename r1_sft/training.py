@@ -451,6 +451,7 @@ def build_training_args(cfg: TrainConfig, output_dir: Path, sampling_strategy: s
         ddp_find_unused_parameters=False if distributed else None,
         deepspeed=str(repo_path(cfg.deepspeed)) if cfg.deepspeed else None,
         use_liger_kernel=cfg.use_liger_kernel,
+        log_level_replica="error",  # DDP replicas would otherwise re-enable library warnings the user cannot act on
         **compute_precision(),
     )
 
