@@ -29,7 +29,7 @@ from typing import Callable, Iterator, TextIO
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from .generation import R1_TEMPERATURE, R1_TOP_P
+from .decoding import TEMPERATURE, TOP_P
 from .jsonl_io import atomic_write_text
 from .paths import display_path
 from .r1_format import THINK_CLOSE, chat_messages, encode_prompt, parse_output
@@ -89,8 +89,8 @@ def parse_command(line: str) -> tuple[str, str] | None:
 
 @dataclass
 class ChatSettings:
-    temperature: float = R1_TEMPERATURE  # 0 = greedy decoding
-    top_p: float = R1_TOP_P
+    temperature: float = TEMPERATURE  # 0 = greedy decoding
+    top_p: float = TOP_P
     max_new_tokens: int = 2048
     think: bool = True  # show the reasoning while it streams
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .cli import UserError
-from .loss import LossParts, model_loss
+from .loss import DEFAULT_CHUNK_TOKENS, LossParts, model_loss
 from .paths import display_path, repo_path
 from .training import SFTTrainer, sum_over_processes
 
@@ -100,7 +100,7 @@ class KDTrainer(SFTTrainer):
     """
 
     def __init__(self, *args, teacher_model=None, lambda_kl: float = 0.5, kd_temperature: float = 1.0,
-                 kl_vocab: int | None = None, kd_chunk_tokens: int = 256, **kwargs):
+                 kl_vocab: int | None = None, kd_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, **kwargs):
         check_kd_settings(lambda_kl, kd_temperature, kd_chunk_tokens)
         kwargs.pop("loss_chunk_tokens", None)
         super().__init__(*args, loss_chunk_tokens=kd_chunk_tokens, **kwargs)

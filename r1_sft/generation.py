@@ -27,8 +27,6 @@ from .decoding import DO_SAMPLE, TEMPERATURE, TOP_P
 from .r1_format import encode_prompt
 
 # Kept under these names for the chat (r1_sft/chat.py) and older callers; defined in r1_sft/decoding.py.
-R1_TEMPERATURE = TEMPERATURE
-R1_TOP_P = TOP_P
 
 
 @dataclass

@@ -31,6 +31,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .r1_format import IGNORE_INDEX
 
+# Trained positions per lm_head chunk: 256 x 151,936 fp32 logits = 0.16 GB per live copy.
+DEFAULT_CHUNK_TOKENS = 256
 # Keys of a collated batch that are targets, not model inputs.
 _LABEL_KEYS = ("labels", "shift_labels")
 
@@ -74,7 +76,7 @@ def _chunk_losses(student_hidden, teacher_hidden, targets, student_head, teacher
 
 def chunked_loss(student_hidden: torch.Tensor, student_head, labels: torch.Tensor, *,
                     teacher_hidden: torch.Tensor | None = None, teacher_head=None, lambda_kl: float = 0.0,
-                    temperature: float = 1.0, kl_vocab: int | None = None, chunk_tokens: int = 256,
+                    temperature: float = 1.0, kl_vocab: int | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                     num_items_in_batch: int | torch.Tensor | None = None,
                     shift_labels: torch.Tensor | None = None) -> LossParts:
     """The distillation loss from final hidden states ``[batch, seq, hidden]``, chunked over tokens.
@@ -142,7 +144,7 @@ def teacher_hidden_states(teacher, inputs: dict) -> torch.Tensor:
 
 
 def model_loss(model, inputs: dict, *, teacher=None, lambda_kl: float = 0.0, temperature: float = 1.0,
-                      kl_vocab: int | None = None, chunk_tokens: int = 256,
+                      kl_vocab: int | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                       num_items_in_batch=None, head_model=None) -> LossParts:
     """Student forward (no full logits) + teacher forward (when given) + :func:`chunked_kd_loss`.
 

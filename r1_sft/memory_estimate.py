@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .loss import DEFAULT_CHUNK_TOKENS
+
 GB = 1e9  # decimal gigabytes, as GPU vendors count
 NF4_DOUBLE_QUANT_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax/64 + fp32/16384
 LORA_BYTES_PER_PARAM = 16  # fp32 weight + fp32 grad + AdamW exp_avg + exp_avg_sq
@@ -180,7 +182,7 @@ def activation_bytes_per_token_layer(shape: ModelShape, dtype_bytes: int, target
 
 def estimate(shape: ModelShape, *, batch_size: int, max_length: int, use_4bit: bool, dtype_bytes: int = 2,
              lora_r: int = 16, lora_target_modules: str | Sequence[str] = "all-linear", dropout_mask_bytes: int = 1,
-             gradient_checkpointing: bool = True, loss_chunk_tokens: int = 256, trained_fraction: float = 1.0,
+             gradient_checkpointing: bool = True, loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, trained_fraction: float = 1.0,
              overhead_gb: float = CUDA_OVERHEAD_GB) -> MemoryEstimate:
     """Peak memory of one training step (module docstring). ``loss_chunk_tokens`` 0 = the stock loss.
 
@@ -288,7 +290,7 @@ def describe(est: MemoryEstimate, gpu_memory_gb: float | None = None, shape: Mod
 
 
 def readme_table(gpu_sizes: Sequence[float] = (16, 24, 40, 80), max_length: int = 2048,
-                 loss_chunk_tokens: int = 256) -> str:
+                 loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> str:
     """The README's table: largest per-device batch for the 1.5B and the 7B, QLoRA vs bf16 LoRA.
 
     Gradient checkpointing, chunked loss (``loss_chunk_tokens``), LoRA r=16 on all linear layers.

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from .chat import ThinkSplitter
-from .generation import R1_TEMPERATURE, R1_TOP_P
+from .decoding import TEMPERATURE, TOP_P
 from .r1_format import build_user_text, chat_messages, encode_prompt, parse_output
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -62,8 +62,8 @@ class CompletionRequest:
     prompt_ids: list[int]
     max_tokens: int
     min_tokens: int = 0
-    temperature: float = R1_TEMPERATURE  # 0 = greedy
-    top_p: float = R1_TOP_P
+    temperature: float = TEMPERATURE  # 0 = greedy
+    top_p: float = TOP_P
     seed: int | None = None
     stream: bool = False
     include_usage: bool = False
@@ -150,8 +150,8 @@ def parse_request(body, tokenizer, context_limit: int, default_max_tokens: int) 
         raise bad_request("stream_options must be an object like {\"include_usage\": true}", "stream_options")
     messages = conversation_messages(body.get("messages"))
 
-    temperature = _number(body, "temperature", R1_TEMPERATURE, integer=False, low=0, high=2)
-    top_p = _number(body, "top_p", R1_TOP_P, integer=False, low=0, high=1, low_open=True)
+    temperature = _number(body, "temperature", TEMPERATURE, integer=False, low=0, high=2)
+    top_p = _number(body, "top_p", TOP_P, integer=False, low=0, high=1, low_open=True)
     seed = _number(body, "seed", None, integer=True, low=-MAX_SEED, high=MAX_SEED - 1)
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _number(body, name, None, integer=True, low=1, high=context_limit - 1)

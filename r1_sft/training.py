@@ -33,7 +33,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .batching import TokenStatsCallback, make_collator
 from .cli import UserError
 from .jsonl_io import read_jsonl, write_jsonl
-from .loss import LossParts, model_loss, shifted_targets
+from .loss import DEFAULT_CHUNK_TOKENS, LossParts, model_loss, shifted_targets
 from .paths import display_path, repo_path
 from .r1_format import IGNORE_INDEX, encode_example
 from .run_info import save_run_info
@@ -80,7 +80,7 @@ class TrainConfig:
     resume: bool = False  # continue from the newest complete checkpoint-N in OUTPUT_DIR
     overwrite_output_dir: bool = False  # delete an earlier run's checkpoints and results in OUTPUT_DIR first
     deepspeed: str = ""  # DeepSpeed config JSON (e.g. configs/deepspeed_zero2.json); empty = plain DDP / single device
-    loss_chunk_tokens: int = 256  # loss through lm_head this many trained positions at a time (~0.6 GB for R1's vocabulary; no full-vocabulary logits); 0 = the stock loss
+    loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS  # loss through lm_head this many trained positions at a time (~0.6 GB for R1's vocabulary; no full-vocabulary logits); 0 = the stock loss
     use_liger_kernel: bool = False  # CUDA + liger-kernel installed: Liger's fused linear cross-entropy instead of the chunked loss
     gpu_memory_gb: float = 0.0  # with --dry_run: also print the largest per-device batch that fits a GPU of this many GB
     report_to: str = "none"  # experiment tracking through the Trainer: none, tensorboard, swanlab, wandb (comma-separated; each an optional pip install)
@@ -266,7 +266,7 @@ class SFTTrainer(Trainer):
     Subclass this for other losses (``distill.KDTrainer``).
     """
 
-    def __init__(self, *args, loss_chunk_tokens: int = 256, **kwargs):
+    def __init__(self, *args, loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_chunk_tokens = loss_chunk_tokens
         # [ce_sum, kl_sum, tokens] since the last log, per mode; kept on the device (no sync per step)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from r1_sft.chat import (NOTICE, ChatSession, ChatSettings, context_limit, find_model_folders,  # noqa: E402
                          model_menu_label, set_setting)
 from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
-from r1_sft.generation import R1_TEMPERATURE, R1_TOP_P  # noqa: E402
+from r1_sft.decoding import TEMPERATURE, TOP_P  # noqa: E402
 from r1_sft.modeling import load_model  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 
@@ -36,8 +36,8 @@ from r1_sft.paths import display_path, repo_path  # noqa: E402
 class Config:
     model: str = path_field("")  # model folder (base, LoRA adapter or merged); "" = choose from a menu of model/
     max_new_tokens: int = 2048  # generation budget per answer (tokens); R1 reasoning is long
-    temperature: float = R1_TEMPERATURE  # sampling temperature (R1 advice 0.6); 0 = greedy
-    top_p: float = R1_TOP_P  # nucleus sampling (R1 advice 0.95)
+    temperature: float = TEMPERATURE  # sampling temperature (R1 advice 0.6); 0 = greedy
+    top_p: float = TOP_P  # nucleus sampling (R1 advice 0.95)
     think: bool = True  # show the reasoning as it streams (--no_think hides it; `think on|off` in the chat)
     max_context: int = 0  # cap on context tokens; 0 = the model's own limit (max_position_embeddings)
     once: str = ""  # answer this one question and exit
