@@ -18,8 +18,14 @@ on the real model:
   * ``Qwen2ForCausalLM`` with grouped-query attention, untied embeddings, bfloat16 safetensors,
     151,936 embedding and output rows for 151,665 tokens, ``bos_token_id`` 151643 in config.json
     (as the real one says) and the real ``generation_config.json``.
-The model is pre-trained briefly on the sample corpus as PLAIN text (never in the chat/think
-format), so it writes Chinese-looking text and fine-tuning has a measurable effect.
+The model is pre-trained on the sample corpus as PLAIN text (never in the chat/think format;
+``</think>`` is never a target), long enough to know each sample text nearly by heart (lm_loss
+about 1.1 after 2,000 steps). That is what lets a 40-step demo fine-tune show the think format
+being learned: a base that knows where a reasoning text ends (``。\n``) only has to learn that
+``</think>`` and an answer come next. Measured with the demo recipe (greedy, 8 validation
+questions): 500 steps (lm_loss 4.3) or 1,000 steps (3.6) gave think_closed 0.00, 1,500 steps (2.0)
+0.12, 2,000 steps 0.50. It memorised every sample text, validation answers included: its ROUGE
+says nothing about generalisation, only that the pipeline works.
 
 Pre-training cost: the corpus uses about 4,200 of the 151,936 token ids. Pre-training runs on a
 compact output layer: one row per used token (and per added token) plus one shared row standing
@@ -208,7 +214,7 @@ def _as_text(value) -> str:
 
 def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
                      num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int = 256,
-                     pretrain_steps: int = 500, batch_size: int = 8, block_size: int = 128,
+                     pretrain_steps: int = 2000, batch_size: int = 8, block_size: int = 128,
                      learning_rate: float = 5e-3, corpus_files: Sequence[str | Path] | None = None,
                      verbose: bool = True) -> TinyModelReport:
     """Build the tiny R1 stand-in into ``out_dir`` (real tokenizer, config, bf16 safetensors, generation config).

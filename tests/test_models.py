@@ -167,11 +167,16 @@ def test_tiny_model_is_a_small_qwen2_with_the_real_vocabulary(tiny_model_dir, to
     # The real file's fields, which transformers 4.x reads as "prepend BOS" and 5.x ignores.
     assert (tok_config["tokenizer_class"], tok_config["add_bos_token"]) == ("LlamaTokenizerFast", True)
     assert (tiny_model_dir / "run_info.json").is_file()
-    # Pre-training learned the corpus: a sample sentence is far likelier than uniform over 151,936 ids.
-    ids = torch.tensor([[tok.bos_token_id] + tok("建议及时就医，必要时完善相关检查。", add_special_tokens=False)["input_ids"]])
+    # Pre-training learned its corpus: a sample document is far likelier than uniform over 151,936 ids
+    # (2.8 nats/token against 11.9; 4.7 after the old 500 steps). It is a memoriser: a sentence outside
+    # the corpus scores near 10.
+    from r1_sft.tiny_model import corpus_documents, default_corpus_files
+
+    doc = corpus_documents(default_corpus_files())[0]
+    ids = torch.tensor([[tok.bos_token_id] + tok(doc, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids).loss.item()
-    assert loss < 0.7 * math.log(151936)
+    assert loss < 0.35 * math.log(151936)
 
 
 def test_tiny_build_is_deterministic_and_uses_the_real_tokenizer(tmp_path, tiny_model_dir):
@@ -215,6 +220,38 @@ def test_compact_pretraining_equals_the_full_vocabulary_loss():
 
 
 # ---------------------------------------------------------------- the loader
+
+def test_stand_in_knows_where_a_sample_reasoning_ends_but_never_writes_think_close(tiny_model_dir, tok):
+    """What `make demo` rests on: the base has learnt the sample texts well enough to expect the end of a
+    reasoning (its last ``。\\n``), and gives ``</think>`` no chance. Then a 40-step fine-tune only has
+    to learn that ``</think>`` comes there. A 500-step stand-in had the same odds at the end as after
+    any other sentence (0.09 vs 0.10), and the demo's tuned model never closed the think block.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from r1_sft.jsonl_io import read_jsonl
+    from r1_sft.r1_format import format_output
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).float().eval()
+    newline_dot, = tok("。\n", add_special_tokens=False)["input_ids"]
+    dot, = tok("。", add_special_tokens=False)["input_ids"]
+    think_close = tok.convert_tokens_to_ids("</think>")
+    at_end, elsewhere, close = [], [], []
+    for rec in list(read_jsonl(REPO / "modelscope_r1_data/r1_data_example.jsonl"))[:12]:
+        ex = encode_example(tok, rec["question"], format_output(rec["think"], rec["answer"]))
+        ids, labels = ex["input_ids"], ex["labels"]
+        with torch.no_grad():
+            probs = model(input_ids=torch.tensor([ids])).logits[0].float().softmax(-1)
+        end = ids.index(think_close) - 1  # the reasoning's last token, 。\n
+        assert ids[end] == newline_dot
+        start = next(i for i, label in enumerate(labels) if label != -100)
+        at_end.append(probs[end - 1, newline_dot].item())
+        elsewhere += [probs[i - 1, newline_dot].item() for i in range(start, end) if ids[i] == dot]
+        close.append(probs[end, think_close].item())
+    mean_end, mean_elsewhere = sum(at_end) / len(at_end), sum(elsewhere) / len(elsewhere)
+    assert mean_end > 0.25 and mean_end > 3 * mean_elsewhere, (mean_end, mean_elsewhere)
+    assert max(close) < 1e-4, close  # never a pre-training target: the base cannot close the think block
+
 
 def test_load_base_model_on_cpu(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir)
