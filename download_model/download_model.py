@@ -6,8 +6,9 @@ ones. At the end it checks that config, tokenizer and safetensors weights are al
 the folder and its size. With no network: one line naming the host, exit code 2.
 
 ``--tiny``: builds, offline and deterministically, a tiny ``Qwen2ForCausalLM`` with R1's tokens,
-chat template and traps (``r1_sft/tiny_model.py``), pre-trained briefly on the sample corpus
-(modelscope_r1_data/r1_data_example.jsonl, r1_generated/0*.jsonl). Tests and ``make demo`` use it.
+chat template and traps (``r1_sft/tiny_model.py``), pre-trained on the sample corpus
+(modelscope_r1_data/r1_data_example.jsonl, r1_generated/001-003.jsonl) until it knows it nearly
+by heart. Tests and ``make demo`` use it.
 
 Reads:  the hub (real model) or the sample corpus (--tiny)
 Writes: LOCAL_DIR/{config.json, generation_config.json, model*.safetensors, tokenizer*.json, ...}, run_info.json

@@ -219,13 +219,12 @@ def test_compact_pretraining_equals_the_full_vocabulary_loss():
     assert torch.equal(model.lm_head.weight[unused[0]], model.lm_head.weight[unused[-1]])
 
 
-# ---------------------------------------------------------------- the loader
-
 def test_stand_in_knows_where_a_sample_reasoning_ends_but_never_writes_think_close(tiny_model_dir, tok):
     """What `make demo` rests on: the base has learnt the sample texts well enough to expect the end of a
     reasoning (its last ``。\\n``), and gives ``</think>`` no chance. Then a 40-step fine-tune only has
-    to learn that ``</think>`` comes there. A 500-step stand-in had the same odds at the end as after
-    any other sentence (0.09 vs 0.10), and the demo's tuned model never closed the think block.
+    to learn that ``</think>`` comes there. A 500-step stand-in had about the same odds at the end as
+    after any other sentence (0.11 vs 0.08 on these records), and the demo's tuned model never closed
+    the think block.
     """
     from transformers import AutoModelForCausalLM
 
@@ -252,6 +251,8 @@ def test_stand_in_knows_where_a_sample_reasoning_ends_but_never_writes_think_clo
     assert mean_end > 0.25 and mean_end > 3 * mean_elsewhere, (mean_end, mean_elsewhere)
     assert max(close) < 1e-4, close  # never a pre-training target: the base cannot close the think block
 
+
+# ---------------------------------------------------------------- the loader
 
 def test_load_base_model_on_cpu(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir)
