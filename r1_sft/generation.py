@@ -26,8 +26,6 @@ import torch
 from .decoding import DO_SAMPLE, TEMPERATURE, TOP_P
 from .r1_format import encode_prompt
 
-# Kept under these names for the chat (r1_sft/chat.py) and older callers; defined in r1_sft/decoding.py.
-
 
 @dataclass
 class Generation:

@@ -24,8 +24,9 @@ about 1.1 after 2,000 steps). That is what lets a 40-step demo fine-tune show th
 being learned: a base that knows where a reasoning text ends (``。\n``) only has to learn that
 ``</think>`` and an answer come next. Measured with the demo recipe (greedy, 8 validation
 questions): 500 steps (lm_loss 4.3) or 1,000 steps at lr 1e-2 (3.6) gave think_closed 0.00,
-1,500 steps at lr 6e-3 (2.0) 0.12, 2,000 steps at 5e-3 0.50. It memorised every sample text, validation answers included: its ROUGE
-says nothing about generalisation, only that the pipeline works.
+1,500 steps at lr 6e-3 (2.0) 0.12, 2,000 steps at 5e-3 0.50. It memorised every sample text,
+validation answers included: its ROUGE says nothing about generalisation, only that the pipeline
+works.
 
 Pre-training cost: the corpus uses about 4,200 of the 151,936 token ids. Pre-training runs on a
 compact output layer: one row per used token (and per added token) plus one shared row standing

@@ -80,7 +80,7 @@ class TrainConfig:
     resume: bool = False  # continue from the newest complete checkpoint-N in OUTPUT_DIR
     overwrite_output_dir: bool = False  # delete an earlier run's checkpoints and results in OUTPUT_DIR first
     deepspeed: str = ""  # DeepSpeed config JSON (e.g. configs/deepspeed_zero2.json); empty = plain DDP / single device
-    loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS  # loss through lm_head this many trained positions at a time (~0.6 GB for R1's vocabulary; no full-vocabulary logits); 0 = the stock loss
+    loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS  # loss through lm_head this many trained positions at a time (0.16 GB per fp32 chunk of R1's logits; no full-vocabulary logits); 0 = the stock loss
     use_liger_kernel: bool = False  # CUDA + liger-kernel installed: Liger's fused linear cross-entropy instead of the chunked loss
     gpu_memory_gb: float = 0.0  # with --dry_run: also print the largest per-device batch that fits a GPU of this many GB
     report_to: str = "none"  # experiment tracking through the Trainer: none, tensorboard, swanlab, wandb (comma-separated; each an optional pip install)
