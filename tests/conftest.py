@@ -37,7 +37,14 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """The offline tiny R1 stand-in, built once for the whole session."""
+    """The offline tiny R1 stand-in, built once for the whole session.
+
+    Developers may set R1_SFT_TINY_MODEL to a stand-in already built by ``make`` (model/tiny_r1) to skip
+    the 2.5-minute build; CI never sets it, so the suite always builds through the real command there.
+    """
+    prebuilt = os.environ.get("R1_SFT_TINY_MODEL")
+    if prebuilt and (Path(prebuilt) / "config.json").is_file():
+        return Path(prebuilt)
     out = tmp_path_factory.mktemp("tiny_r1") / "tiny_r1"
     run_script("download_model/download_model.py", "--tiny", "--local_dir", out, check=True)
     return out
