@@ -84,6 +84,15 @@ def extract_choice(answer: str, options: Mapping[str, str] | str = "ABCDE") -> s
     return groups.pop() if len(groups) == 1 else ""
 
 
+def completion_choice(output: str, options: Mapping[str, str] | str = "ABCDE") -> str:
+    """The letters a raw model output states after ``</think>``; ``""`` when its think block never closed
+    (an output cut by the token limit has no answer). One definition for evaluation and the GRPO reward."""
+    from .r1_format import parse_output
+
+    parsed = parse_output(output)
+    return extract_choice(parsed.answer, options) if parsed.think_closed else ""
+
+
 def normalize_gold(answer: str) -> str:
     """Gold letters as a sorted set string: " db" -> "BD"."""
     return "".join(sorted(set(re.sub(r"[\s,，、]", "", answer).upper())))

@@ -287,11 +287,11 @@ def mcq_sample_metrics(prediction: str, gold: str, stopped_by_eos: bool | None =
     ``options``: the question's ``{"A": text, ...}`` (or its letters; default A-E) for the reader
     (r1_sft.mcq.extract_choice). ``multi``: a multiple-answer question; default: gold has several letters.
     """
-    from .mcq import extract_choice, normalize_gold
+    from .mcq import completion_choice, normalize_gold
     from .r1_format import parse_output
 
     parsed = parse_output(prediction)
     gold = normalize_gold(gold)
-    choice = extract_choice(parsed.answer, options or "ABCDE") if parsed.think_closed else ""
+    choice = completion_choice(prediction, options or "ABCDE")
     return {"choice": choice, "correct": float(choice == gold), "multi": len(gold) > 1 if multi is None else multi,
             **_output_shape(prediction, parsed, stopped_by_eos, new_tokens)}
