@@ -30,8 +30,15 @@ from .cli import UserError
 from .jsonl_io import read_jsonl
 from .mcq import normalize_gold
 from .paths import display_path
+from .r1_format import build_user_text
+from .records import RecordError
 
 SHAPES = ("cmb", "cmexam", "medqa", "project")
+# Reject reasons of a multiple-choice record (the data stage's rejects file; RecordError codes).
+NOT_MCQ = "not_mcq"                              # no shape recognised
+NO_ANSWER = "no_answer"                          # answer missing or empty
+BAD_QUESTION = "bad_question"                    # no question text, or fewer than two options
+ANSWER_NOT_IN_OPTIONS = "answer_not_in_options"  # gold letters not all among the options
 SINGLE, MULTI = "单项选择题", "多项选择题"
 # CMExam's question-wise annotations, if the CSV carries them (first one present is the group).
 CMEXAM_GROUP_COLUMNS = ("Medical Discipline", "Clinical Department", "Disease Group", "Competency")
@@ -138,12 +145,24 @@ def to_record(rec: dict, shape: str, index: int) -> McqRecord | None:
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         return None
     if not isinstance(question, str) or not question.strip() or len(options) < 2:
-        raise ValueError("needs a question and at least two options")
+        raise RecordError(BAD_QUESTION, "needs a question and at least two options")
     gold = normalize_gold(str(answer))
     if not gold or not set(gold) <= set(options):
-        raise ValueError(f"answer {answer!r} is not made of the option letters {''.join(sorted(options))}")
+        raise RecordError(ANSWER_NOT_IN_OPTIONS,
+                          f"answer {answer!r} is not made of the option letters {''.join(sorted(options))}")
     multi = qtype == MULTI if qtype in (SINGLE, MULTI) else len(gold) > 1
     return McqRecord(rec_id, question.strip(), dict(sorted(options.items())), gold, multi, group, shape, instruction)
+
+
+def question_with_options(record: McqRecord) -> str:
+    """The question followed by one ``A. text`` line per option (as reports show it)."""
+    return record.question + "\n" + "\n".join(f"{k}. {v}" for k, v in record.options.items())
+
+
+def mcq_user_text(record: McqRecord) -> str:
+    """The user turn for a multiple-choice question: its instruction (state the answer letter), then the
+    question with its options. One definition for evaluation and GRPO training."""
+    return build_user_text(question_with_options(record), record.instruction)
 
 
 def load_mcq(path: Path, num_samples: int = 0) -> tuple[list[McqRecord], dict]:
@@ -160,8 +179,8 @@ def load_mcq(path: Path, num_samples: int = 0) -> tuple[list[McqRecord], dict]:
                             f"{{\"question\", \"options\", \"answer\"}}; fields here: {', '.join(list(rec)[:8])})")
         try:
             item = to_record(rec, shape, index)
-        except ValueError as exc:
-            raise UserError(f"{where} ({shape}): {exc}") from None
+        except RecordError as exc:
+            raise UserError(f"{where} ({shape}): {exc.detail}") from None
         if item is None:
             skipped += 1
             continue

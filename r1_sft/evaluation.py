@@ -84,7 +84,7 @@ def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalIt
     """The first ``num_samples`` questions of an evaluation file (0 = all) as prompts and references."""
     path = repo_path(path)
     if task == "mcq":
-        from .benchmarks import load_mcq
+        from .benchmarks import load_mcq, mcq_user_text, question_with_options
 
         records, counts = load_mcq(path, num_samples)
         shapes = ", ".join(f"{shape} {n}" for shape, n in counts["shapes"].items())
@@ -92,9 +92,8 @@ def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalIt
         print(f"[read] {display_path(path)}: {len(records)} questions ({shapes}{skipped})", flush=True)
         items = []
         for r in records:
-            question = r.question + "\n" + "\n".join(f"{k}. {v}" for k, v in r.options.items())
-            items.append(EvalItem(r.id, question, build_user_text(question, r.instruction), r.answer,
-                                  r.options, r.multi, r.group))
+            items.append(EvalItem(r.id, question_with_options(r), mcq_user_text(r), r.answer, r.options, r.multi,
+                                  r.group))
         return items
     items = []
     for index, rec in enumerate(read_jsonl(path), 1):
