@@ -23,7 +23,8 @@ from r1_sft.distill import KDTrainer, tokenizer_mismatch
 from r1_sft.loss import chunked_loss, model_loss
 from r1_sft.modeling import load_model, load_tokenizer
 from r1_sft.tiny_model import EOS_TOKEN, build_tiny_model
-from r1_sft.training import SFTTrainer, encode_dataset, load_sft_records
+from r1_sft.sft_data import encode_dataset, load_sft_records
+from r1_sft.sft_trainer import SFTTrainer
 
 SCRIPT = "scripts/train_distill.py"
 TRAIN = "tests/fixtures/sft_tiny_train.jsonl"
