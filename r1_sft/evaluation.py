@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from .cli import UserError
+from .cli import UserError, path_field
 from .decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES, SEED, TEMPERATURE, TOP_P, check_decoding, describe
 from .eval_report import render_report, render_table, write_chart, write_csv
 from .generation import Generation, GenerationStats, generate_with_stats
@@ -49,6 +49,7 @@ BACKENDS = ("hf", "vllm")
 class EvalConfig:
     base_model: str = DEFAULT_BASE  # base model folder ("base")
     adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only (also when the default is absent)
+    adapter2: str = path_field("")  # a second fine-tuned folder ("tuned2"), e.g. GRPO after the SFT adapter: base vs SFT vs GRPO in one report
     task: str = "sft"  # sft: open questions {"input","output"}; mcq: CMB-Exam / CMExam CSV / MedQA-MCMLE / {"question","options","answer"}
     data: str = "dataset/sft_r1_val.jsonl"  # evaluation file (JSONL; mcq also JSON array or CMExam CSV)
     num_samples: int = 100  # first N questions of DATA; 0 = all
@@ -112,11 +113,13 @@ def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalIt
 
 # ---- models ----------------------------------------------------------------------------------
 
-def choose_models(base_model: str, adapter: str, default_adapter: str = DEFAULT_ADAPTER) -> dict[str, str]:
-    """``{"base": ..., "tuned": ...}`` with every folder checked now, before any model loads.
+def choose_models(base_model: str, adapter: str, default_adapter: str = DEFAULT_ADAPTER,
+                  adapter2: str = "") -> dict[str, str]:
+    """``{"base": ..., "tuned": ..., "tuned2": ...}`` with every folder checked now, before any model loads.
 
     No adapter (``""``), or the default adapter folder absent: the base alone, said in one line.
     An adapter the user named that does not exist is an error whose hint is to train first.
+    ``adapter2`` (optional): a second fine-tuned folder, e.g. the GRPO adapter beside the SFT one.
     """
     from .modeling import resolve_model_folder
 
@@ -133,13 +136,19 @@ def choose_models(base_model: str, adapter: str, default_adapter: str = DEFAULT_
                             f"--adapter \"\" to evaluate the base model alone)")
     else:
         print("[note] --adapter \"\": evaluating the base model alone", flush=True)
+    if adapter2:
+        if not repo_path(adapter2).exists():
+            raise UserError(f"--adapter2 {repo_path(adapter2)}: folder not found (train it first, e.g. "
+                            f"scripts/train_grpo.py, or leave --adapter2 out)")
+        models["tuned2"] = adapter2
     folders = {name: resolve_model_folder(str(repo_path(path))) for name, path in models.items()}
-    tuned = folders.get("tuned")
-    if tuned is not None and tuned.kind == "adapter" and \
-            Path(tuned.base_path).resolve() != Path(folders["base"].base_path).resolve():
-        print(f"[warn] the adapter was trained on {display_path(tuned.base_path)}, not on --base_model "
-              f"{display_path(folders['base'].base_path)}: 'tuned' uses its own base, so the two rows differ in "
-              f"more than the fine-tuning", flush=True)
+    for name in ("tuned", "tuned2"):
+        tuned = folders.get(name)
+        if tuned is not None and tuned.kind == "adapter" and \
+                Path(tuned.base_path).resolve() != Path(folders["base"].base_path).resolve():
+            print(f"[warn] the adapter was trained on {display_path(tuned.base_path)}, not on --base_model "
+                  f"{display_path(folders['base'].base_path)}: '{name}' uses its own base, so the rows differ in "
+                  f"more than the fine-tuning", flush=True)
     return models
 
 
@@ -275,7 +284,8 @@ def report_header(cfg: EvalConfig, summary: dict) -> list[str]:
     sd = f"; `±` = standard deviation across the {cfg.n_samples} sample runs" if cfg.n_samples > 1 else ""
     return [
         f"- data: `{cfg.data}` (task {cfg.task}, {n} questions)",
-        f"- base: `{cfg.base_model}`" + (f"; tuned: `{cfg.adapter}`" if "tuned" in models else " (base model alone)"),
+        f"- base: `{cfg.base_model}`" + (f"; tuned: `{cfg.adapter}`" if "tuned" in models else "")
+        + (f"; tuned2: `{cfg.adapter2}`" if "tuned2" in models else "") + (" (base model alone)" if len(models) == 1 else ""),
         f"- decoding: {describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, cfg.n_samples)},"
         f" backend {cfg.backend}; every score is a mean over all outputs{sd}",
         "- outcome (sums to 1): `answered` = think block closed and an answer follows; `cut_off` = no answer, "
@@ -310,7 +320,8 @@ def run_evaluation(cfg: EvalConfig) -> Path | None:
         return None
     check_backend(cfg.backend)
     items = load_items(cfg.data, cfg.task, cfg.num_samples)
-    model_paths = choose_models(cfg.base_model, cfg.adapter, _config_default(cfg, "adapter") or DEFAULT_ADAPTER)
+    model_paths = choose_models(cfg.base_model, cfg.adapter, _config_default(cfg, "adapter") or DEFAULT_ADAPTER,
+                                cfg.adapter2)
     print(f"[decoding] {describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, cfg.n_samples)}"
           f", backend {cfg.backend}", flush=True)
 

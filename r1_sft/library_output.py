@@ -16,7 +16,7 @@ import logging
 import os
 import warnings
 
-_QUIET_LOGGERS = ("bitsandbytes", "transformers", "peft", "accelerate", "datasets", "huggingface_hub", "jieba")
+_QUIET_LOGGERS = ("bitsandbytes", "transformers", "peft", "accelerate", "datasets", "huggingface_hub", "jieba", "trl")
 
 
 def quiet_libraries() -> None:
@@ -28,6 +28,9 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # peft 0.21 still calls a transformers method that 5.x renamed; the warning says nothing to users.
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    # TRL 1.16 switches checkpointing off and on around each generation by transformers 5's old method names.
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing_(enable|disable)` is deprecated",
+                            category=FutureWarning)
     # peft on save: "Could not find a config file ... will assume that the vocabulary was not modified"
     # / "Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`".
     warnings.filterwarnings("ignore", message=r".*(save_embedding_layers|vocabulary was not modified).*")

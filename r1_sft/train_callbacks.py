@@ -48,6 +48,21 @@ def _best_eval(log_history: Sequence[dict]) -> tuple[float, int] | None:
     return min(evals, key=lambda e: e[0]) if evals else None
 
 
+# GRPO's per-step values (TRL's names) shown in the progress line, with their short labels.
+GRPO_LINE_KEYS = (("rewards/accuracy_reward/mean", "accuracy"), ("rewards/format_reward/mean", "format"),
+                  ("completions/mean_length", "length"), ("completions/clipped_ratio", "cut"), ("kl", "kl"))
+
+
+def _grpo_parts(logs: dict, prefix: str = "") -> list[str]:
+    """``reward 0.512±0.301 accuracy 0.375 format 0.750 length 812 cut 0.125`` from a GRPO log entry."""
+    parts = [f"reward {logs[prefix + 'reward']:.3f}±{logs.get(prefix + 'reward_std') or 0:.3f}"]
+    for key, label in GRPO_LINE_KEYS:
+        value = logs.get(prefix + key)
+        if value is not None:
+            parts.append(f"{label} {value:.0f}" if label == "length" else f"{label} {value:.3f}")
+    return parts
+
+
 class _ProgressText:
     """Formats one log entry as one line; knows when training (re)started, for the ETA."""
 
@@ -61,6 +76,8 @@ class _ProgressText:
     def line(self, state, logs: dict) -> str | None:
         step, total = state.global_step, state.max_steps
         where = f"step {step}/{total} ({100 * step / total:.0f}%)" if total else f"step {step}"
+        if "eval_reward" in logs:  # GRPO: the validation rewards (its eval_loss means nothing to a user)
+            return " ".join([f"[eval] {where}"] + _grpo_parts(logs, "eval_"))
         if "eval_loss" in logs:
             parts = [f"[eval] {where} eval_loss {logs['eval_loss']:.4f}"]
             parts += [f"{key} {logs[key]:.4f}" for key in ("eval_ce_loss", "eval_kl_loss") if key in logs]
@@ -71,6 +88,8 @@ class _ProgressText:
         if "loss" not in logs:
             return None  # the end-of-training summary: end_summary says it in words
         parts = [f"[train] {where} loss {logs['loss']:.4f}"]
+        if "reward" in logs:
+            parts += _grpo_parts(logs)
         parts += [f"{key} {logs[key]:.4f}" for key in ("ce_loss", "kl_loss") if key in logs]
         if "learning_rate" in logs:
             parts.append(f"lr {logs['learning_rate']:.2e}")

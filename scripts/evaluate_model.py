@@ -12,7 +12,8 @@ a fixed seed, up to 4,096 new tokens, --n_samples K samples per question with ev
 
 Reads:  DATA (default dataset/sft_r1_val.jsonl, {"input","output"}; --task mcq: a CMB-Exam JSON/JSONL,
         CMExam CSV, MedQA-MCMLE JSONL or {"question","options","answer"} file),
-        BASE_MODEL and ADAPTER (a LoRA adapter folder or a merged model; "" or absent default = base only).
+        BASE_MODEL and ADAPTER (a LoRA adapter folder or a merged model; "" or absent default = base only),
+        ADAPTER2 (optional third row "tuned2", e.g. GRPO after SFT: base vs SFT vs GRPO in one report).
 Writes: OUTPUT_DIR/RUN_NAME/ predictions.jsonl, summary.json, report.md, report.csv, scores.png, run_info.json
         (--score FILE: FILE_STEM.summary.json beside FILE, no model loaded).
 
@@ -21,6 +22,8 @@ Example:
     python scripts/evaluate_model.py --base_model model/tiny_r1 --adapter model/tiny_r1_lora/best_model \
         --num_samples 8 --max_new_tokens 64 --run_name demo
     python scripts/evaluate_model.py --task mcq --data CMB/data/CMB-Exam/CMB-val/CMB-val-merge.json --num_samples 0
+    python scripts/evaluate_model.py --task mcq --data dataset/mcq_test.jsonl --num_samples 0 --n_samples 4 \
+        --adapter model/deepseek_r1_1.5b_lora/best_model --adapter2 model/deepseek_r1_1.5b_grpo/best_model
     python scripts/evaluate_model.py --score my_outputs.jsonl
 """
 from __future__ import annotations
