@@ -14,7 +14,6 @@ mean and spread (``rewards/accuracy_reward/mean`` is the accuracy, ``format_rewa
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -149,38 +148,6 @@ def check_vllm(cfg: GrpoConfig) -> None:
                         "or drop --use_vllm to generate with transformers")
     if not torch.cuda.is_available():
         raise UserError("--use_vllm: vLLM needs a CUDA GPU (drop --use_vllm to generate with transformers)")
-
-
-# ----------------------------------------------------------------------------- data
-
-def load_questions(path: str | Path, flag: str):
-    """An MCQ file as McqRecords; a record without an answer, or none at all, is a one-line error."""
-    from .benchmarks import load_mcq
-
-    path = repo_path(path)
-    if not path.read_text(encoding="utf-8-sig").strip():
-        raise UserError(f"--{flag} {display_path(path)}: the file is empty (run data/split_mcq_data.py)")
-    records, counts = load_mcq(path)  # a bad record (answer not among the options...) is a UserError here
-    if counts["skipped"]:
-        raise UserError(f"--{flag} {display_path(path)}: {counts['skipped']} question(s) without an answer cannot be "
-                        f"rewarded (run data/split_mcq_data.py, which rejects them with their line numbers)")
-    return records
-
-
-def prompt_dataset(records, tokenizer):
-    """Columns ``prompt`` (template text ending in ``<think>\\n``), ``answer``, ``options`` (JSON), ``id``."""
-    from datasets import Dataset
-
-    from .benchmarks import mcq_user_text
-    from .r1_format import build_prompt
-
-    return Dataset.from_list([
-        {"prompt": build_prompt(tokenizer, [{"role": "user", "content": mcq_user_text(r)}]), "answer": r.answer,
-         "options": json.dumps(r.options, ensure_ascii=False), "id": r.id} for r in records])
-
-
-def prompt_lengths(dataset, tokenizer) -> list[int]:
-    return [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in dataset["prompt"]]
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -320,6 +287,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
     the first. Returns None on a dry run.
     """
     from .lora import setup_lora_model
+    from .grpo_data import load_questions, prompt_dataset, prompt_lengths
     from .modeling import load_tokenizer
     from .rewards import mcq_reward_funcs
     from .run_info import save_run_info

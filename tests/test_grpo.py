@@ -158,7 +158,7 @@ def test_continues_an_sft_adapter(sft_adapter, tiny_model_dir, tmp_path, one_thr
 def test_prompts_are_the_evaluation_prompts_with_one_bos(tiny_model_dir):
     from r1_sft.benchmarks import load_mcq
     from r1_sft.evaluation import load_items
-    from r1_sft.grpo import prompt_dataset
+    from r1_sft.grpo_data import prompt_dataset
     from r1_sft.modeling import load_tokenizer
     from r1_sft.r1_format import encode_prompt
 
