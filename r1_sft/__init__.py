@@ -21,13 +21,16 @@ Modules, by concern:
                    train_checks (settings checked before loading), train_callbacks (progress lines,
                    end summary, loss curve)
   distill          token-level distillation from a teacher sharing the tokenizer
+  grpo, grpo_data, rewards   GRPO after SFT on TRL's GRPOTrainer: MCQ prompts, verifiable rewards (accuracy,
+                   format, over-length) with case tables; grpo_memory (its GPU memory estimate)
   memory_estimate  peak GPU memory of a training run, from config.json
   decoding         R1 decoding defaults shared by test_model, compare and evaluation
   generation       batched, left-padded generation with throughput (optional vLLM backend)
   metrics, mcq     Chinese metrics (ROUGE on jieba words without punctuation, BLEU-4 zh, format, repetition);
                    the multiple-choice answer reader
-  benchmarks       CMB-Exam, CMExam, MedQA-MCMLE and the project's MCQ files
-  evaluation, eval_report   base vs tuned on held-out questions; tables, report, chart
+  benchmarks       CMB-Exam, CMExam, MedQA-MCMLE and the project's MCQ files; the one MCQ user turn
+  mcq_split        MCQ data stage: any benchmark shape -> leakage-free train / val / test, rejects by reason
+  evaluation, eval_report   base vs tuned (vs tuned2) on held-out questions; tables, report, chart
   chat             the terminal chat (streaming, history without reasoning, saved conversations)
   serving, openai_api       the OpenAI-compatible server in DeepSeek's reasoning shape
   teacher_api, teacher_store   teacher generation from DeepSeek-R1 / vLLM: client, retries, resumable output
