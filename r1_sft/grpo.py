@@ -123,6 +123,9 @@ def check_grpo_settings(cfg: GrpoConfig) -> None:
     if cfg.use_vllm:
         check_vllm(cfg)
     check_trackers(cfg.report_to)
+    if not repo_path(cfg.model_path).exists():
+        raise UserError(f"--model_path {tried_path(repo_path(cfg.model_path))}: not found (GRPO continues the SFT "
+                        f"adapter: run scripts/train_stf_r1_train_val.py first, or pass a base model folder)")
     folder = resolve_model_folder(cfg.model_path)
     for flag in ("train_file", "val_file"):
         if not repo_path(getattr(cfg, flag)).is_file():

@@ -201,6 +201,8 @@ def test_bad_question_files_and_settings_stop_before_any_model_loads(tiny_model_
     _refused_before_loading(_config(tiny_model_dir, tmp_path, loss_type="ppo"), monkeypatch, "--loss_type 'ppo'")
     _refused_before_loading(_config(tiny_model_dir, tmp_path, use_vllm=True, use_4bit=True), monkeypatch,
                             "--use_vllm with --use_4bit")
+    _refused_before_loading(_config(tmp_path / "no_sft_yet", tmp_path), monkeypatch,
+                            "--model_path .*no_sft_yet: not found .*train_stf_r1_train_val.py first")
 
 
 def test_a_bad_file_is_one_line_from_the_script(tiny_model_dir, tmp_path):
