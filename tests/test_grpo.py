@@ -104,6 +104,27 @@ def test_the_adapter_loads_in_mcq_evaluation_and_chat(grpo_run, tiny_model_dir, 
     assert chat.returncode == 0, chat.stderr[-3000:]
 
 
+def test_resume_continues_from_the_newest_checkpoint(grpo_run, tiny_model_dir, tmp_path):
+    import shutil
+
+    out, val, _ = grpo_run
+    copy = tmp_path / "grpo"
+    shutil.copytree(out, copy)
+    proc = run_script("scripts/train_grpo.py", "--model_path", tiny_model_dir, "--train_file", SAMPLE,
+                      "--val_file", val, "--output_dir", copy, "--max_steps", "6", "--per_device_train_batch_size", "4",
+                      "--gradient_accumulation_steps", "1", "--num_generations", "2", "--max_completion_length", "16",
+                      "--eval_steps", "2", "--save_steps", "2", "--beta", "0.04", "--resume", env=ONE_THREAD,
+                      timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[resume] continuing from" in proc.stdout and "checkpoint-4" in proc.stdout
+    steps = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("[train] step")]
+    assert steps == ["5/6", "6/6"]  # steps 1-4 are not redone
+    assert (copy / "checkpoint-6" / "adapter_model.safetensors").is_file()
+    refused = run_script("scripts/train_grpo.py", "--model_path", tiny_model_dir, "--train_file", SAMPLE,
+                         "--val_file", val, "--output_dir", copy, env=ONE_THREAD, timeout=300)
+    assert refused.returncode == 2 and "holds an earlier run" in refused.stderr
+
+
 @pytest.fixture(scope="module")
 def sft_adapter(tiny_model_dir, tmp_path_factory) -> Path:
     """An SFT-like adapter on the stand-in (random non-zero LoRA on q/v, rank 4)."""
