@@ -12,7 +12,7 @@ a benchmark's file as published:
 * MedQA-MCMLE (github.com/jind11/MedQA, the Mainland Chinese questions), JSONL:
   ``{"question", "options": {"A": ...}, "answer": <option text>, "answer_idx": "E", "meta_info"}``.
 * The project's own JSONL: ``{"id", "question", "options": {"A": ...}, "answer": "B"}``
-  (optional ``question_type``, ``exam_class`` or ``subject``).
+  (optional ``question_type``, ``exam_type``, ``exam_class`` or ``subject``: the task line is then CMB's).
 
 Each record becomes an ``McqRecord``; ``group`` (CMB exam_class, MedQA meta_info, a CMExam
 annotation column where the file has one) gives the per-group accuracy in the report.
@@ -141,7 +141,7 @@ def to_record(rec: dict, shape: str, index: int) -> McqRecord | None:
         question, options, answer = rec.get("question"), _clean_options(rec["options"]), rec.get("answer")
         qtype = str(rec.get("question_type") or "")
         group = str(rec.get("exam_class") or rec.get("subject") or "")
-        instruction = _instruction(qtype)
+        instruction = _instruction(qtype, str(rec.get("exam_type") or ""), str(rec.get("exam_class") or ""))
     if answer is None or (isinstance(answer, str) and not answer.strip()):
         return None
     if not isinstance(question, str) or not question.strip() or len(options) < 2:

@@ -61,7 +61,10 @@ def project_record(obj: dict, origin: Origin) -> dict:
     declared = obj.get("question_type")
     if declared in (SINGLE, MULTI):
         out["question_type"] = declared
-    if rec.group:
+    for key in ("exam_type", "exam_class"):  # CMB's: they go into its task line, so the prompt stays the same
+        if str(obj.get(key) or "").strip():
+            out[key] = str(obj[key]).strip()
+    if rec.group and "exam_class" not in out:
         out["subject"] = rec.group
     out["source"] = {"file": origin.file, "line": origin.line, "shape": shape}
     return out

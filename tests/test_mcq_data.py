@@ -64,6 +64,10 @@ def test_every_benchmark_shape_splits(tmp_path, name, kept, rejected):
     assert (stats["kept"], stats["rejected"]) == (kept, rejected)
     back = [r for f in FILES.values() for r in load_mcq(tmp_path / f)[0]]
     assert len(back) == kept and all(r.shape == "project" for r in back)
+    # the split file gives each question the same prompt and group as the benchmark file itself
+    original = {r.question: r for r in load_mcq(BENCH / name)[0]}
+    assert all((r.instruction, r.group, r.answer, r.multi) == (original[r.question].instruction,
+               original[r.question].group, original[r.question].answer, original[r.question].multi) for r in back)
 
 
 def test_bad_records_become_rejects_with_reasons(tmp_path):
