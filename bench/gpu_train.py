@@ -55,7 +55,7 @@ from r1_sft.cli import cli_main, parse_config  # noqa: E402
 from r1_sft.jsonl_io import atomic_write_text  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
-from r1_sft.tiny_model import REAL_1_5B_ARCH, build_random_model  # noqa: E402
+from r1_sft.tiny_model import REAL_1_5B_ARCH, TINY_RANDOM_ARCH, build_random_model  # noqa: E402
 
 # Dense bf16 tensor-core peaks in TFLOP/s (no sparsity), by the exact name torch.cuda.get_device_name gives.
 # Only cards whose figure is certain; anything else gets no MFU.
@@ -71,8 +71,7 @@ BF16_PEAK_TFLOPS = {
     "Tesla T4": 65.0,  # fp16: it has no bf16 units and trains in fp16
 }
 REAL_ARCH = REAL_1_5B_ARCH
-SMOKE_ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, vocab_size=151936)  # real vocabulary: pad and EOS ids are 151643
+SMOKE_ARCH = TINY_RANDOM_ARCH
 METHODS = (("bf16_lora", False), ("qlora", True))
 LOSSES = ("stock", "chunked")
 BATCHINGS = ("padded", "padding_free")

@@ -73,6 +73,9 @@ REAL_MODEL_MAX_LENGTH = 16384  # tokenizer_config.json model_max_length
 # DeepSeek-R1-Distill-Qwen-1.5B's architecture (config.json), for random models of the real cost.
 REAL_1_5B_ARCH = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                       intermediate_size=8960, vocab_size=REAL_VOCAB_ROWS)
+# A random model small enough for CPU smoke runs, with the real vocabulary (pad and EOS ids are 151643).
+TINY_RANDOM_ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=128, vocab_size=REAL_VOCAB_ROWS)
 
 # The project's own sample corpus (committed sample data), relative to the repository root.
 # The teacher samples by name: generated files (004.jsonl and its rejects) never change the stand-in.

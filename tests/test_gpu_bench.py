@@ -1,14 +1,19 @@
-"""bench/gpu_train.py: its whole code path on a CPU in --smoke mode, its FLOP count, its peak table, row isolation."""
+"""The GPU benches on a CPU: bench/gpu_check.sh --smoke runs the whole prepared GPU check (bench/gpu_train.py
+--smoke included, then real training, evaluation and merging on a tiny random model); gpu_train's FLOP
+count, peak table and row isolation in memory."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, run_script
+from conftest import REPO
 
 KEYS = {"method", "loss", "batching", "collator", "sampling", "attn_implementation", "precision", "timed_steps",
         "real_tokens", "computed_tokens", "padding_fraction", "seconds", "tokens_per_s", "flops_per_token",
@@ -25,10 +30,44 @@ def bench():
     return module
 
 
-def test_gpu_bench_smoke(tmp_path):
-    out = tmp_path / "gpu_train.json"
-    proc = run_script("bench/gpu_train.py", "--smoke", "--output", out, check=True, timeout=600)
-    record = json.loads(out.read_text(encoding="utf-8"))
+@pytest.fixture(scope="module")
+def gpu_check(tmp_path_factory):
+    """``bash bench/gpu_check.sh --smoke`` run once, as a user would; returns (its output folder, its stdout)."""
+    out = tmp_path_factory.mktemp("gpu_check_out")
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--smoke"], cwd=REPO, capture_output=True,
+                          text=True, timeout=1200, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, proc.stdout
+
+
+def test_gpu_check_smoke_runs_the_whole_sequence_and_writes_its_figures(gpu_check):
+    out, stdout = gpu_check
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["smoke"] is True and summary["all_passed"] is True
+    assert [s["step"] for s in summary["steps"]] == ["environment", "bench", "build_model", "data", "train_qlora",
+                                                     "train_lora", "evaluate", "merge"]  # no install in --smoke
+    assert all(s["exit_code"] == 0 and s["seconds"] > 0 for s in summary["steps"])
+    assert summary["environment"].startswith("python ") and f"torch {torch.__version__}" in summary["environment"]
+    for name in ("qlora", "lora"):  # a few real steps of the real training script, with its evaluation loss
+        run = summary["training"][name]
+        assert run["train"]["step"] == 2 and run["train"]["train_tokens_per_s"] > 0
+        assert run["last_eval"]["eval_loss"] > 0
+        adapter = json.loads((out / name / "best_model" / "adapter_config.json").read_text(encoding="utf-8"))
+        assert adapter["base_model_name_or_path"].endswith("random_model")
+    assert "4-bit" in (out / "train_qlora.log").read_text() and "4-bit" not in (out / "train_lora.log").read_text()
+    config = json.loads((out / "random_model" / "config.json").read_text(encoding="utf-8"))
+    assert config["vocab_size"] == 151936 and config["hidden_size"] == 64  # the tiny random model
+    evaluation = json.loads(Path(summary["evaluation_summary"]).read_text(encoding="utf-8"))
+    assert set(evaluation["models"]) == {"base", "tuned"}  # base vs the QLoRA adapter, scored
+    assert (out / "merged" / "merge_info.json").is_file() and any((out / "merged").glob("*.safetensors"))
+    assert summary["bench"] == str(out / "gpu_train.json")
+    assert "all passed" in stdout
+
+
+def test_gpu_bench_smoke(gpu_check):
+    out, stdout = gpu_check
+    proc_stdout = (out / "bench.log").read_text(encoding="utf-8")
+    record = json.loads((out / "gpu_train.json").read_text(encoding="utf-8"))
     assert record["smoke"] is True and record["device"] == "cpu" and record["bf16_peak_tflops"] is None
     assert record["complete"] is True and "(4 + 2c) N + 4 H" in record["flops_formula"]
     assert record["architecture"]["vocab_size"] == 151936
@@ -57,7 +96,7 @@ def test_gpu_bench_smoke(tmp_path):
     # the same examples: the FLOP count per real token does not depend on the padding
     assert by["bf16_lora", "stock", "padded"]["flops_per_token"] == by["bf16_lora", "stock", "padding_free"][
         "flops_per_token"]
-    assert "[write]" in proc.stdout and "0 failed" in proc.stdout
+    assert "[write]" in proc_stdout and "0 failed" in proc_stdout
 
 
 def test_peak_is_looked_up_by_exact_device_name(bench):
