@@ -8,10 +8,11 @@
 #      random model of the real 1.5B shape with the real tokenizer: QLoRA (the default), then bf16 LoRA
 #      (--no_use_4bit), each with its evaluation loss and checkpoint;
 #   5. scripts/evaluate_model.py (base vs the QLoRA adapter, a few short answers) and scripts/merge_lora.py.
-# Each step runs even when an earlier one failed (its exit code and seconds are recorded). Everything goes
-# under $OUT (default ./gpu_check_out): env.txt, one log per step, gpu_train.json, the runs' folders,
-# gpu_memory_<step>.csv (nvidia-smi's memory.used, sampled every 0.5 s: all processes) and summary.json.
-# Exit code: 0 when every step passed, else 1.
+# Each step runs even when an earlier one failed (its exit code and seconds are recorded). The figures go
+# under $OUT (default ./gpu_check_out): one log per step, gpu_train.json, each run's training_logs/, the
+# evaluation's report, gpu_memory_<step>.csv (nvidia-smi's memory.used every 0.5 s, all processes) and
+# summary.json. The models, data and checkpoints (GBs for the real shape) stay in $WORK (default: a temporary
+# folder, removed at the end unless WORK is given). Exit code: 0 when every step passed, else 1.
 #
 # --smoke: the same sequence on the CPU with a tiny random model and short lengths, no install (the test
 # suite runs it); its figures mean nothing.
@@ -27,6 +28,13 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-./gpu_check_out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+if [ -n "${WORK:-}" ]; then
+    mkdir -p "$WORK"
+else
+    WORK=$(mktemp -d -t gpu_check.XXXXXX)
+    trap 'rm -rf "$WORK"' EXIT
+fi
+WORK=$(cd "$WORK" && pwd)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 STEPS_FILE="$OUT/steps.tsv"
 : > "$STEPS_FILE"
@@ -39,9 +47,9 @@ if [ "$SMOKE" = 1 ]; then
     EVAL=(--num_samples 2 --n_samples 1 --batch_size 2 --max_new_tokens 8)
 else
     ARCH=REAL_1_5B_ARCH
-    BENCH=(--warmup_steps 2 --steps 4)
-    TRAIN=(--max_length 1024 --max_steps 20 --per_device_train_batch_size 4 --per_device_eval_batch_size 4
-           --gradient_accumulation_steps 1 --eval_steps 10 --save_steps 10 --logging_steps 5)
+    BENCH=(--warmup_steps 1 --steps 3)  # 8 rows of about 20 s on an H100 (loading included)
+    TRAIN=(--max_length 1024 --max_steps 10 --per_device_train_batch_size 4 --per_device_eval_batch_size 4
+           --gradient_accumulation_steps 1 --eval_steps 5 --save_steps 5 --logging_steps 1)
     EVAL=(--num_samples 8 --n_samples 1 --batch_size 8 --max_new_tokens 128)
 fi
 
@@ -104,21 +112,26 @@ EOF
 
 build_model() {  # a random model of $ARCH with the real R1 tokenizer
     "$PYTHON" -c "import sys; from r1_sft import tiny_model as t; t.build_random_model(sys.argv[1], getattr(t, sys.argv[2]))" \
-        "$OUT/random_model" "$ARCH"
+        "$WORK/random_model" "$ARCH"
 }
 
-data_stage() {  # the committed sample data -> $OUT/data/sft_r1_{train,val}.jsonl
-    "$PYTHON" data/generated_converted_data.py --output "$OUT/data/converted_data.jsonl" &&
-    "$PYTHON" data/generated_stf_r1_data.py --input "$OUT/data/converted_data.jsonl" --output "$OUT/data/sft_r1_data.jsonl" &&
-    "$PYTHON" data/split_stf_r1_data.py --input "$OUT/data/sft_r1_data.jsonl" --output_dir "$OUT/data"
+data_stage() {  # the committed sample data -> $WORK/data/sft_r1_{train,val}.jsonl
+    "$PYTHON" data/generated_converted_data.py --output "$WORK/data/converted_data.jsonl" &&
+    "$PYTHON" data/generated_stf_r1_data.py --input "$WORK/data/converted_data.jsonl" \
+        --output "$WORK/data/sft_r1_data.jsonl" &&
+    "$PYTHON" data/split_stf_r1_data.py --input "$WORK/data/sft_r1_data.jsonl" --output_dir "$WORK/data"
 }
 
 train() {  # train NAME FLAGS...
     local name=$1
     shift
-    "$PYTHON" scripts/train_stf_r1_train_val.py --model_path "$OUT/random_model" --output_dir "$OUT/$name" \
-        --train_file "$OUT/data/sft_r1_train.jsonl" --val_file "$OUT/data/sft_r1_val.jsonl" --overwrite_output_dir \
+    "$PYTHON" scripts/train_stf_r1_train_val.py --model_path "$WORK/random_model" --output_dir "$WORK/$name" \
+        --train_file "$WORK/data/sft_r1_train.jsonl" --val_file "$WORK/data/sft_r1_val.jsonl" --overwrite_output_dir \
         --early_stopping_patience 0 "${TRAIN[@]}" "$@"
+    local rc=$?
+    [ -d "$WORK/$name/training_logs" ] && rm -rf "$OUT/$name" && mkdir -p "$OUT/$name" &&
+        cp -r "$WORK/$name/training_logs" "$OUT/$name/"
+    return $rc
 }
 
 if [ "$SMOKE" = 0 ]; then
@@ -130,10 +143,10 @@ step build_model build_model
 step data data_stage
 step train_qlora train qlora
 step train_lora train lora --no_use_4bit
-step evaluate "$PYTHON" scripts/evaluate_model.py --base_model "$OUT/random_model" \
-    --adapter "$OUT/qlora/best_model" --data "$OUT/data/sft_r1_val.jsonl" --output_dir "$OUT/evaluation" \
+step evaluate "$PYTHON" scripts/evaluate_model.py --base_model "$WORK/random_model" \
+    --adapter "$WORK/qlora/best_model" --data "$WORK/data/sft_r1_val.jsonl" --output_dir "$OUT/evaluation" \
     --run_name check "${EVAL[@]}"
-step merge "$PYTHON" scripts/merge_lora.py --adapter "$OUT/lora/best_model" --output_dir "$OUT/merged"
+step merge "$PYTHON" scripts/merge_lora.py --adapter "$WORK/lora/best_model" --output_dir "$WORK/merged"
 
 "$PYTHON" - "$OUT" "$SMOKE" <<'EOF'
 import json

@@ -32,16 +32,17 @@ def bench():
 
 @pytest.fixture(scope="module")
 def gpu_check(tmp_path_factory):
-    """``bash bench/gpu_check.sh --smoke`` run once, as a user would; returns (its output folder, its stdout)."""
-    out = tmp_path_factory.mktemp("gpu_check_out")
+    """``bash bench/gpu_check.sh --smoke`` run once, as a user would; returns (its OUT, its WORK, its stdout)."""
+    out, work = tmp_path_factory.mktemp("gpu_check_out"), tmp_path_factory.mktemp("gpu_check_work")
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--smoke"], cwd=REPO, capture_output=True,
-                          text=True, timeout=1200, env={**os.environ, "OUT": str(out), "PYTHON": sys.executable})
+                          text=True, timeout=1200,
+                          env={**os.environ, "OUT": str(out), "WORK": str(work), "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return out, proc.stdout
+    return out, work, proc.stdout
 
 
 def test_gpu_check_smoke_runs_the_whole_sequence_and_writes_its_figures(gpu_check):
-    out, stdout = gpu_check
+    out, work, stdout = gpu_check
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["smoke"] is True and summary["all_passed"] is True
     assert [s["step"] for s in summary["steps"]] == ["environment", "bench", "build_model", "data", "train_qlora",
@@ -52,20 +53,22 @@ def test_gpu_check_smoke_runs_the_whole_sequence_and_writes_its_figures(gpu_chec
         run = summary["training"][name]
         assert run["train"]["step"] == 2 and run["train"]["train_tokens_per_s"] > 0
         assert run["last_eval"]["eval_loss"] > 0
-        adapter = json.loads((out / name / "best_model" / "adapter_config.json").read_text(encoding="utf-8"))
+        assert (out / name / "training_logs" / "log_history.jsonl").is_file()  # figures in OUT, weights in WORK
+        assert not (out / name / "best_model").exists()
+        adapter = json.loads((work / name / "best_model" / "adapter_config.json").read_text(encoding="utf-8"))
         assert adapter["base_model_name_or_path"].endswith("random_model")
     assert "4-bit" in (out / "train_qlora.log").read_text() and "4-bit" not in (out / "train_lora.log").read_text()
-    config = json.loads((out / "random_model" / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((work / "random_model" / "config.json").read_text(encoding="utf-8"))
     assert config["vocab_size"] == 151936 and config["hidden_size"] == 64  # the tiny random model
     evaluation = json.loads(Path(summary["evaluation_summary"]).read_text(encoding="utf-8"))
     assert set(evaluation["models"]) == {"base", "tuned"}  # base vs the QLoRA adapter, scored
-    assert (out / "merged" / "merge_info.json").is_file() and any((out / "merged").glob("*.safetensors"))
+    assert (work / "merged" / "merge_info.json").is_file() and any((work / "merged").glob("*.safetensors"))
     assert summary["bench"] == str(out / "gpu_train.json")
     assert "all passed" in stdout
 
 
 def test_gpu_bench_smoke(gpu_check):
-    out, stdout = gpu_check
+    out, _, _ = gpu_check
     proc_stdout = (out / "bench.log").read_text(encoding="utf-8")
     record = json.loads((out / "gpu_train.json").read_text(encoding="utf-8"))
     assert record["smoke"] is True and record["device"] == "cpu" and record["bf16_peak_tflops"] is None
