@@ -36,12 +36,14 @@ from r1_sft.loss import loss_peak_bytes  # noqa: E402
 from r1_sft.modeling import load_tokenizer  # noqa: E402
 from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
 from r1_sft.train_checks import check_before_loading, check_teacher_folder, check_values  # noqa: E402
-from r1_sft.training import TrainConfig, run_training  # noqa: E402
+from r1_sft.train_config import TrainConfig  # noqa: E402
+from r1_sft.training import run_training  # noqa: E402
 
 
 @dataclass
 class Config(TrainConfig):
-    # The settings people change most; every other knob (and its meaning) is in r1_sft/training.py TrainConfig.
+    # The settings people change most, with their defaults (written only here); every other knob, its default
+    # and meaning is in r1_sft/train_config.py TrainConfig (all of them: --help).
     model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # student base model folder
     train_file: str = "dataset/train.jsonl"  # teacher-branch training records {"input", "output"}
     val_file: str = "dataset/val.jsonl"  # teacher-branch validation records (eval loss, best model)
@@ -93,7 +95,7 @@ def main(cfg: Config) -> None:
         run_training(cfg)
         return
     teacher, kl_vocab = load_teacher(cfg.teacher_model_path, student_tokenizer, cfg.model_path,
-                                     use_4bit=cfg.teacher_use_4bit)
+                                     use_4bit=cfg.teacher_use_4bit, precision=cfg.precision, device=cfg.device)
     when = "every step" if cfg.lambda_kl > 0 else "evaluation only (lambda_kl=0: training is plain SFT)"
     print(f"[distill] token-level: loss = {1 - cfg.lambda_kl:g}·CE + {cfg.lambda_kl:g}·{cfg.kd_temperature:g}²·"
           f"KL(teacher ‖ student) over trained tokens; teacher runs {when}; KL over {kl_vocab} tokens in chunks "

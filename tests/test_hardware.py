@@ -152,7 +152,7 @@ def test_failing_nvidia_smi_falls_back_to_the_proc_file(machine, tmp_path):
 
 
 def test_unknown_device_word_is_one_line():
-    with pytest.raises(UserError, match=r"--device 'gpu': use one of auto, cpu, cuda"):
+    with pytest.raises(UserError, match=r"--device 'gpu': use one of auto, cuda, cpu"):
         modeling.pick_device("gpu")
 
 
