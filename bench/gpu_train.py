@@ -30,8 +30,9 @@ counted. MFU = model FLOP/s over the GPU's dense bf16 peak, looked up by its exa
 (H100 SXM 989 vs H100 PCIe 756 TFLOP/s, L4 vs L40/L40S); a device not in the table gets no MFU
 rather than a wrong one (``--peak_tflops`` gives it).
 
-About 3-4 minutes on one H100/H200 (8 configurations, a few steps each). ``--smoke`` runs the same
-code on a tiny architecture in seconds on a CPU (the test suite does): its figures mean nothing.
+Planned for 3-4 minutes on one H100/H200 (8 configurations, a few steps each; not yet run on a GPU).
+``--smoke`` runs the same code on a tiny architecture in seconds on a CPU (the test suite does, through
+bench/gpu_check.sh --smoke): its figures mean nothing.
 
 Reads  nothing (builds its model). Writes bench/results/gpu_train.json.
 
