@@ -33,6 +33,7 @@ EXTERNAL_FLAGS = {
     "gpu-memory-utilization", "enable-lora", "lora-modules",
     # modelscope download, pip, pytest, docker run, tensorboard
     "repo-type", "local-dir", "dry-run", "index-url", "extra-index-url", "dist", "durations", "maxfail",
+    "no-deps", "no-build-isolation", "force-reinstall", "ignore-installed",
     "network", "add-host", "logdir",
 }
 FLAG_RE = re.compile(r"(?<![\w-])--([A-Za-z][\w-]*)")
