@@ -35,8 +35,8 @@ demo: install data $(TINY)/config.json
 		--per_device_train_batch_size 4 --gradient_accumulation_steps 1 --eval_steps 20 --save_steps 20 \
 		--logging_steps 10 --no_gradient_checkpointing \
 		--lora_target_modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head
-	@echo "== 4. evaluation: base vs fine-tuned"
-	@echo "   (R1's sampling protocol, temperature 0.6 / top_p 0.95, seed 42: every validation question x 3 samples)"
+	@echo "== 4. evaluation: base vs fine-tuned on the held-out test split (dataset/sft_r1_test.jsonl)"
+	@echo "   (R1's sampling protocol, temperature 0.6 / top_p 0.95, seed 42: every test question x 3 samples)"
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) scripts/evaluate_model.py --base_model $(TINY) --adapter $(TINY_LORA)/best_model \
 		--num_samples 0 --n_samples 3 --batch_size 13 --max_new_tokens 384 --run_name demo
 	@echo "== 5. chat: one scripted turn with the fine-tuned model"
@@ -50,7 +50,7 @@ $(TINY)/config.json: r1_sft/tiny_model.py $(TINY_CORPUS) | install
 	$(PY) download_model/download_model.py --tiny --local_dir $(TINY)
 
 data: install
-	@echo "== 1. data: both sources -> SFT files -> train/val splits"
+	@echo "== 1. data: both sources -> SFT files -> train/val/test splits"
 	$(PY) data/generated_converted_data.py
 	$(PY) data/generated_stf_r1_data.py
 	$(PY) data/split_stf_r1_data.py

@@ -8,9 +8,10 @@ single question, scripts/compare.py. Output folder ``OUTPUT_DIR/RUN_NAME/``:
                      metrics (mcq: also choice, correct, multi, group)
   summary.json       {"models": {NAME: {"answer", "full", "format", "repetition", "tokens_per_s", "n",
                       "outcome", "over_answered", "n_samples", "spread"}}, "lengths": {NAME: mean lengths},
-                      "decoding": {...}}  (mcq: "accuracy", "accuracy_single", "accuracy_multi", "groups"
+                      "decoding": {...}, "data": {"file", "split", "questions"}}  (mcq: "accuracy", "accuracy_single", "accuracy_multi", "groups"
                       instead of "answer"/"full"); "n" counts questions, every score is a mean over
-                      all n x n_samples outputs, "spread" the standard deviation across the sample runs
+                      all n x n_samples outputs, "spread" the standard deviation across the sample runs;
+                      "split" is "test" / "val" / "train" as the file name declares it ("" otherwise)
   report.md / report.csv / scores.png   side-by-side table, per-group accuracy, example answers, chart
   run_info.json      resolved config, library versions, git commit
 
@@ -37,10 +38,12 @@ from .metrics import mcq_sample_metrics, mean_lengths, sample_metrics, split_ref
 from .paths import display_path, repo_path
 from .r1_format import build_user_text, parse_output
 from .run_info import save_run_info
+from .splits import SPLIT_NOTES, split_of
 
 MODEL_NAMES = ("base", "tuned")
 DEFAULT_BASE = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"
 DEFAULT_ADAPTER = "model/deepseek_r1_1.5b_lora/best_model"  # where training puts its best adapter
+DEFAULT_DATA = "dataset/sft_r1_test.jsonl"  # the held-out test split of data/split_stf_r1_data.py
 TRAIN_HINT = "train first (scripts/train_stf_r1_train_val.py)"
 BACKENDS = ("hf", "vllm")
 
@@ -51,7 +54,7 @@ class EvalConfig:
     adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only (also when the default is absent)
     adapter2: str = path_field("")  # a second fine-tuned folder ("tuned2"), e.g. GRPO after the SFT adapter: base vs SFT vs GRPO in one report
     task: str = "sft"  # sft: open questions {"input","output"}; mcq: CMB-Exam / CMExam CSV / MedQA-MCMLE / {"question","options","answer"}
-    data: str = "dataset/sft_r1_val.jsonl"  # evaluation file (JSONL; mcq also JSON array or CMExam CSV)
+    data: str = DEFAULT_DATA  # evaluation file (JSONL; mcq also JSON array or CMExam CSV); default: the held-out test split
     num_samples: int = 100  # first N questions of DATA; 0 = all
     n_samples: int = N_SAMPLES  # samples per question; every score is their mean (spread in the report)
     batch_size: int = 16  # prompts per generate call (greedy outputs batch-invariant in fp32 only)
@@ -100,7 +103,7 @@ def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalIt
     for index, rec in enumerate(read_jsonl(path), 1):
         if not isinstance(rec.get("input"), str) or not isinstance(rec.get("output"), str):
             raise UserError(f"{display_path(path)}: record {index}: needs string fields \"input\" and \"output\" "
-                            f"(an SFT file such as dataset/sft_r1_val.jsonl; multiple choice needs --task mcq)")
+                            f"(an SFT file such as {DEFAULT_DATA}; multiple choice needs --task mcq)")
         items.append(EvalItem(str(rec.get("id", index)), rec["input"],
                               build_user_text(rec["input"], rec.get("instruction", "")), rec["output"]))
         if num_samples and len(items) >= num_samples:
@@ -278,12 +281,23 @@ def decoding_record(cfg: EvalConfig) -> dict:
             "batch_size": cfg.batch_size}
 
 
+def data_record(cfg: EvalConfig, n: int) -> dict:
+    """summary.json's "data": the file scored, the split its name declares ("" for another file), questions."""
+    return {"file": display_path(repo_path(cfg.data)), "split": split_of(cfg.data), "questions": n}
+
+
+def describe_data(data: dict) -> str:
+    """One line naming the file and what its split means for the scores."""
+    label, note = SPLIT_NOTES.get(data["split"], ("not a split written by the data stages", ""))
+    return f"`{data['file']}` ({label}{': ' + note if note else ''})"
+
+
 def report_header(cfg: EvalConfig, summary: dict) -> list[str]:
     models = list(summary["models"])
     n = summary["models"][models[0]]["n"]
     sd = f"; `±` = standard deviation across the {cfg.n_samples} sample runs" if cfg.n_samples > 1 else ""
     return [
-        f"- data: `{cfg.data}` (task {cfg.task}, {n} questions)",
+        f"- data: {describe_data(summary['data'])}; task {cfg.task}, {n} questions",
         f"- base: `{cfg.base_model}`" + (f"; tuned: `{cfg.adapter}`" if "tuned" in models else "")
         + (f"; tuned2: `{cfg.adapter2}`" if "tuned2" in models else "") + (" (base model alone)" if len(models) == 1 else ""),
         f"- decoding: {describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, cfg.n_samples)},"
@@ -329,7 +343,8 @@ def run_evaluation(cfg: EvalConfig) -> Path | None:
                              batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature,
                              top_p=cfg.top_p, seed=cfg.seed, n_samples=cfg.n_samples, use_4bit=cfg.use_4bit,
                              backend=cfg.backend)
-    predictions, summary = [], {"models": {}, "lengths": {}, "decoding": decoding_record(cfg)}
+    predictions, summary = [], {"models": {}, "lengths": {}, "decoding": decoding_record(cfg),
+                                "data": data_record(cfg, len(items))}
     for name, (runs, stats) in generated.items():
         scored = [[score_sample(cfg.task, item, gen) for item, gen in zip(items, run)] for run in runs]
         for j, (run, samples) in enumerate(zip(runs, scored)):
@@ -348,6 +363,7 @@ def run_evaluation(cfg: EvalConfig) -> Path | None:
     write_chart(out_dir / "scores.png", summary)
     save_run_info(cfg, out_dir / "run_info.json")
     print()
+    print(f"[data] {describe_data(summary['data'])}")
     print(render_table(summary))
     print()
     print(f"[write] {display_path(out_dir)}/: predictions.jsonl ({len(predictions)} lines), summary.json, "

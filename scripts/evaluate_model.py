@@ -10,7 +10,8 @@ Decoding follows DeepSeek's protocol for R1 models by default: sampling at T=0.6
 a fixed seed, up to 4,096 new tokens, --n_samples K samples per question with every score averaged
 (mean and spread in the report); --no_do_sample for greedy.
 
-Reads:  DATA (default dataset/sft_r1_val.jsonl, {"input","output"}; --task mcq: a CMB-Exam JSON/JSONL,
+Reads:  DATA (default dataset/sft_r1_test.jsonl, the held-out test split, {"input","output"}; the report names
+        the split it scored; --task mcq: a CMB-Exam JSON/JSONL,
         CMExam CSV, MedQA-MCMLE JSONL or {"question","options","answer"} file),
         BASE_MODEL and ADAPTER (a LoRA adapter folder or a merged model; "" or absent default = base only),
         ADAPTER2 (optional third row "tuned2", e.g. GRPO after SFT: base vs SFT vs GRPO in one report).
@@ -36,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
 from r1_sft.decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES  # noqa: E402
-from r1_sft.evaluation import DEFAULT_ADAPTER, DEFAULT_BASE, EvalConfig, run_evaluation  # noqa: E402
+from r1_sft.evaluation import DEFAULT_ADAPTER, DEFAULT_BASE, DEFAULT_DATA, EvalConfig, run_evaluation  # noqa: E402
 
 
 @dataclass
 class Config(EvalConfig):
     base_model: str = DEFAULT_BASE  # base model folder ("base")
     adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only (also when this default is absent)
-    data: str = "dataset/sft_r1_val.jsonl"  # evaluation file
+    data: str = DEFAULT_DATA  # evaluation file: the held-out test split (the validation split chose the checkpoint)
     num_samples: int = 100  # first N questions of DATA; 0 = all
     n_samples: int = N_SAMPLES  # samples per question; scores are their mean (spread in the report)
     max_new_tokens: int = MAX_NEW_TOKENS  # generation limit per answer, in tokens (R1 reasons at length)

@@ -14,7 +14,8 @@ from conftest import run_script
 from r1_sft.r1_format import parse_output
 from r1_sft.records import dedup_key
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures" / "data"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -130,6 +131,10 @@ def sft_line(question: str, reasoning="分析。", answer="回答。") -> bytes:
                       ensure_ascii=False).encode()
 
 
+def keys_of(path: Path) -> set:
+    return {dedup_key(r["input"]) for r in read_jsonl(path)}
+
+
 def test_split_dedupes_rejects_bad_lines_and_is_deterministic(tmp_path):
     lines = [sft_line(f"问题{i}：第{i}种症状怎么处理？", reasoning="想" * (i * 7 % 50 + 1)) for i in range(60)]
     lines += [
@@ -142,22 +147,24 @@ def test_split_dedupes_rejects_bad_lines_and_is_deterministic(tmp_path):
                    ensure_ascii=False).encode(),       # 66 kept as exactly {"input", "output"}
     ]
     src = write_lines(tmp_path / "sft.jsonl", lines)
+    files = ("train.jsonl", "val.jsonl", "test.jsonl")
     runs = {}
     for name, seed in (("a", 42), ("b", 42)):  # seed sensitivity: tests/test_records.py
         out_dir = tmp_path / name
         proc = run_script("data/split_sft_train.py", "--input", src, "--output_dir", out_dir, "--seed", seed,
                           "--val_ratio", 0.1, cwd=tmp_path, check=True)
-        runs[name] = {f: (out_dir / f).read_bytes() for f in ("train.jsonl", "val.jsonl")}
+        runs[name] = {f: (out_dir / f).read_bytes() for f in files}
     assert runs["a"] == runs["b"]
 
     out_dir = tmp_path / "a"
-    train, val = read_jsonl(out_dir / "train.jsonl"), read_jsonl(out_dir / "val.jsonl")
-    assert len(train) + len(val) == 62 and len(val) == 6
-    written = (out_dir / "train.jsonl").read_bytes() + (out_dir / "val.jsonl").read_bytes()
+    train, val, test = (read_jsonl(out_dir / f) for f in files)
+    assert (len(train), len(val), len(test)) == (50, 6, 6)  # --test_ratio defaults to 0.1
+    written = b"".join(runs["a"].values())
     assert b"\r" not in written and "\ufeff".encode() not in written and b'"source"' not in written
-    assert {"带BOM和CRLF的问题", "多余字段的问题"} <= {r["input"] for r in train + val}
-    assert not {dedup_key(r["input"]) for r in train} & {dedup_key(r["input"]) for r in val}
-    assert all(parse_output(r["output"]).think_closed and list(r) == ["input", "output"] for r in train + val)
+    assert {"带BOM和CRLF的问题", "多余字段的问题"} <= {r["input"] for r in train + val + test}
+    train_keys, val_keys, test_keys = (keys_of(out_dir / f) for f in files)
+    assert len(train_keys | val_keys | test_keys) == 62  # no question in two splits
+    assert all(parse_output(r["output"]).think_closed and list(r) == ["input", "output"] for r in train + val + test)
     rejects = read_jsonl(out_dir / "sft.split.rejects.jsonl")
     assert [(r["line"], r["reason"]) for r in rejects] == [
         (61, "duplicate_question"), (62, "duplicate_question"), (63, "bad_sft_output"), (64, "invalid_json")]
@@ -165,22 +172,105 @@ def test_split_dedupes_rejects_bad_lines_and_is_deterministic(tmp_path):
 
     stats = json.loads((out_dir / "sft_stats.json").read_text())
     assert (stats["read"], stats["kept"], stats["rejected"]) == (66, 62, 4)
-    assert stats["splits"]["val"]["records"] == 6 and stats["splits"]["train"]["records"] == 56
-    assert set(stats["splits"]["train"]["output_chars"]) == {"p50", "p90", "p99", "max"}
-    assert stats["seed"] == 42 and stats["run"]["config"]["seed"] == 42
-    assert "[val] 6 ->" in proc.stdout
+    assert {name: s["records"] for name, s in stats["splits"].items()} == {"train": 50, "val": 6, "test": 6}
+    assert stats["splits"]["test"]["file"].endswith("a/test.jsonl")
+    assert set(stats["splits"]["test"]["output_chars"]) == {"p50", "p90", "p99", "max"}
+    assert (stats["seed"], stats["val_ratio"], stats["test_ratio"]) == (42, 0.1, 0.1)
+    assert stats["run"]["config"]["test_file"] == "test.jsonl"
+    assert "[train] 50 ->" in proc.stdout and "[val] 6 ->" in proc.stdout and "[test] 6 ->" in proc.stdout
 
 
-def test_two_records_give_one_val_and_one_record_is_an_error(tmp_path):
+def test_test_ratio_leaves_val_as_it_was_and_zero_writes_an_empty_test_split(tmp_path):
+    """Adding the test split took its records from train only: the same seed gives the same val as before."""
+    src = write_lines(tmp_path / "sft.jsonl", [sft_line(f"第{i}个问题", reasoning="想" * (i % 9 + 1))
+                                               for i in range(40)])
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "sft_r1_test.jsonl").write_text("stale\n")  # from an earlier, different split
+    for name, ratio in (("old", 0), ("new", 0.25)):
+        run_script("data/split_stf_r1_data.py", "--input", src, "--output_dir", tmp_path / name,
+                   "--test_ratio", ratio, check=True)
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert (old / "sft_r1_val.jsonl").read_bytes() == (new / "sft_r1_val.jsonl").read_bytes()
+    assert (old / "sft_r1_test.jsonl").read_bytes() == b""
+    assert len(read_jsonl(new / "sft_r1_test.jsonl")) == 10 and len(read_jsonl(new / "sft_r1_val.jsonl")) == 4
+    assert keys_of(new / "sft_r1_train.jsonl") | keys_of(new / "sft_r1_test.jsonl") == keys_of(old / "sft_r1_train.jsonl")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("--test_ratio", "1"), ("--test_ratio 1.0", "below 1")),
+    (("--test_ratio", "-0.1"), ("--test_ratio -0.1", "at least 0")),
+    (("--val_ratio", "0.5", "--test_ratio", "0.5"), ("--val_ratio 0.5 + --test_ratio 0.5", "leave records for training")),
+])
+def test_ratios_that_leave_no_training_data_are_one_line_errors(tmp_path, args, fragments):
+    src = write_lines(tmp_path / "sft.jsonl", [sft_line(f"第{i}个问题") for i in range(10)])
+    proc = run_script("data/split_sft_train.py", "--input", src, "--output_dir", tmp_path / "o", *args)
+    assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "o" / "train.jsonl").exists()
+
+
+def test_three_records_give_one_per_split_and_fewer_need_test_ratio_zero(tmp_path):
+    three = write_lines(tmp_path / "three.jsonl", [sft_line("问题一"), sft_line("问题二"), sft_line("问题三")])
+    run_script("data/split_stf_r1_data.py", "--input", three, "--output_dir", tmp_path / "s", check=True)
+    assert [len(read_jsonl(tmp_path / "s" / f"sft_r1_{n}.jsonl")) for n in ("train", "val", "test")] == [1, 1, 1]
+
     two = write_lines(tmp_path / "two.jsonl", [sft_line("问题一"), sft_line("问题二")])
-    run_script("data/split_stf_r1_data.py", "--input", two, "--output_dir", tmp_path / "s", check=True)
-    assert len(read_jsonl(tmp_path / "s" / "sft_r1_val.jsonl")) == 1
-    assert len(read_jsonl(tmp_path / "s" / "sft_r1_train.jsonl")) == 1
+    proc = run_script("data/split_stf_r1_data.py", "--input", two, "--output_dir", tmp_path / "t")
+    assert_one_line_error(proc, "two.jsonl", "2 usable record", "at least 3", "--test_ratio 0")
+    run_script("data/split_stf_r1_data.py", "--input", two, "--output_dir", tmp_path / "t", "--test_ratio", 0,
+               check=True)
+    assert [len(read_jsonl(tmp_path / "t" / f"sft_r1_{n}.jsonl")) for n in ("train", "val", "test")] == [1, 1, 0]
 
     one = write_lines(tmp_path / "one.jsonl", [sft_line("问题一"), sft_line("问题一？")])
-    proc = run_script("data/split_stf_r1_data.py", "--input", one, "--output_dir", tmp_path / "o")
+    proc = run_script("data/split_stf_r1_data.py", "--input", one, "--output_dir", tmp_path / "o", "--test_ratio", 0)
     assert_one_line_error(proc, "one.jsonl", "1 usable record", "at least 2")
     assert not (tmp_path / "o" / "sft_r1_train.jsonl").exists()
+
+
+def _script_config(path: str):
+    """The constants dataclass of a stage script, imported from its file (its main does not run)."""
+    import importlib.util
+    import sys
+
+    name = "stage_script_" + path.replace("/", "_").removesuffix(".py")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(module)
+    return sys.modules[name].Config
+
+
+def test_the_two_split_scripts_share_their_defaults_and_differ_only_in_file_names():
+    from r1_sft.splits import SplitConfig
+
+    shared = ("output_dir", "val_ratio", "test_ratio", "seed")
+    for script in ("data/split_stf_r1_data.py", "data/split_sft_train.py"):
+        config = _script_config(script)
+        assert issubclass(config, SplitConfig)
+        # Not restated in the script: an edit of SplitConfig changes both stages.
+        assert not set(shared) & set(config.__dict__.get("__annotations__", {})), script
+        assert all(getattr(config(), f) == getattr(SplitConfig(), f) for f in shared)
+    r1, teacher = _script_config("data/split_stf_r1_data.py")(), _script_config("data/split_sft_train.py")()
+    assert (r1.test_file, teacher.test_file) == ("sft_r1_test.jsonl", "test.jsonl")
+
+
+def test_training_reads_train_and_val_and_evaluation_defaults_to_test():
+    """The files the split writes are the ones each stage reads by default; nothing trains on test."""
+    r1 = _script_config("data/split_stf_r1_data.py")()
+    teacher = _script_config("data/split_sft_train.py")()
+    sft = _script_config("scripts/train_stf_r1_train_val.py")()
+    distill = _script_config("scripts/train_distill.py")()
+    evaluation = _script_config("scripts/evaluate_model.py")()
+
+    def split_path(cfg, name):
+        return f"{cfg.output_dir}/{getattr(cfg, name)}"
+
+    assert (sft.train_file, sft.val_file) == (split_path(r1, "train_file"), split_path(r1, "val_file"))
+    assert (distill.train_file, distill.val_file) == (split_path(teacher, "train_file"), split_path(teacher, "val_file"))
+    test_files = {split_path(r1, "test_file"), split_path(teacher, "test_file")}
+    for cfg in (sft, distill):
+        assert not test_files & {v for v in vars(cfg).values() if isinstance(v, str)}
+    assert evaluation.data == split_path(r1, "test_file") == "dataset/sft_r1_test.jsonl"
 
 
 def test_missing_input_and_nothing_kept_are_one_line_errors(tmp_path):
@@ -226,12 +316,10 @@ def test_full_chain_on_fixtures_from_another_folder(tmp_path):
     assert "\\n" not in sft_records[1]["output"]  # the literal backslash-n became a newline
 
     ds = tmp_path / "ds"
-    r1_train, r1_val = read_jsonl(ds / "sft_r1_train.jsonl"), read_jsonl(ds / "sft_r1_val.jsonl")
-    assert len(r1_train) + len(r1_val) == 7 and len(r1_val) == 1
+    assert [len(read_jsonl(ds / f"sft_r1_{n}.jsonl")) for n in ("train", "val", "test")] == [5, 1, 1]
     teacher = read_jsonl(tf)
     assert len(teacher) == 5 and {r["source"] for r in teacher} == {"r1_generated"}
-    train, val = read_jsonl(ds / "train.jsonl"), read_jsonl(ds / "val.jsonl")
-    assert len(train) + len(val) == 5 and len(val) == 1
+    assert [len(read_jsonl(ds / f"{n}.jsonl")) for n in ("train", "val", "test")] == [3, 1, 1]
     assert json.loads((ds / "sft_r1_stats.json").read_text())["rejected_by_reason"] == {}
     assert (ds / "sft_stats.json").is_file() and (ds / "sft_train.split.rejects.jsonl").is_file()
 

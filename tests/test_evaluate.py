@@ -101,7 +101,11 @@ def test_every_output_file_is_written_and_parseable(eval_run):
     assert summary["decoding"] == {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": None, "seed": 42,
                                    "n_samples": 2, "max_new_tokens": 24, "backend": "hf", "batch_size": 4}
 
+    # The file scored and what its split means: this fixture is named as a validation split.
+    assert summary["data"] == {"file": "tests/fixtures/eval_sft_val.jsonl", "split": "val", "questions": 4}
+
     report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "(validation split: it chose the best checkpoint" in report and "optimistic" in report
     assert "| metric | base | tuned | tuned - base |" in report and "## Examples" in report
     assert "sampling T=0.6 top_p=0.95 seed=42, 2 samples/question" in report and " ± " in report
     assert "`cut_off` = no answer, generation hit max_new_tokens" in report
@@ -278,6 +282,25 @@ def test_mcq_score_mode_writes_accuracy_and_n(tmp_path):
     block = json.loads((tmp_path / "mcq_outputs.summary.json").read_text(encoding="utf-8"))
     assert block["accuracy"] == 0.5 and block["n"] == 4
     assert block["accuracy_multi"] == 1.0 and block["accuracy_single"] == pytest.approx(1 / 3)
+
+
+def test_default_data_is_the_held_out_test_split_and_the_report_says_so(tiny_model_dir, tmp_path):
+    """With no --data the evaluation reads what the split stage writes as test, and names that split."""
+    proc = _evaluate("--help")
+    assert "(default: dataset/sft_r1_test.jsonl)" in " ".join(proc.stdout.split())
+    # The default resolves from the repository root; here the same split stage writes into a temporary folder.
+    run_script("data/split_stf_r1_data.py", "--input", REPO / "tests/fixtures/sft_tiny_train.jsonl", "--output_dir",
+               tmp_path / "dataset", check=True)
+    test_split = tmp_path / "dataset" / "sft_r1_test.jsonl"
+    proc = _evaluate("--base_model", tiny_model_dir, "--adapter", "", "--data", test_split, "--num_samples", "2",
+                     "--n_samples", "1", "--max_new_tokens", "8", "--output_dir", tmp_path, "--run_name", "t")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "t" / "summary.json").read_text(encoding="utf-8"))["data"]
+    assert data["split"] == "test" and data["questions"] == 2 and data["file"].endswith("dataset/sft_r1_test.jsonl")
+    said = "(held-out test split: never trained on, never used to choose a checkpoint)"
+    assert said in (tmp_path / "t" / "report.md").read_text(encoding="utf-8")
+    assert [line for line in proc.stdout.splitlines() if line.startswith("[data]")] == \
+        [f"[data] `{data['file']}` {said}"]
 
 
 def test_user_errors_are_one_line(tiny_model_dir, tmp_path):

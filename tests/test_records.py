@@ -9,7 +9,7 @@ import pytest
 from r1_sft import records as R
 from r1_sft.r1_format import format_output, parse_output
 from r1_sft.records import dedup_key
-from r1_sft.splits import choose_val, percentiles
+from r1_sft.splits import choose_test, choose_val, percentiles, split_of
 
 ORIGIN = R.Origin("modelscope_r1_data/x.jsonl", "x", 7)
 
@@ -203,6 +203,31 @@ def test_choose_val_is_deterministic_and_stratified_by_length():
 @pytest.mark.parametrize("n,ratio,expected", [(2, 0.1, 1), (3, 0.9, 2), (10, 0.1, 1), (25, 0.1, 2)])
 def test_choose_val_size(n, ratio, expected):
     assert len(choose_val(list(range(n)), list(range(n)), ratio, seed=0)) == expected
+
+
+def test_choose_test_is_disjoint_from_val_stratified_and_leaves_val_alone():
+    n = 200
+    lengths = [(i * 37) % 1000 for i in range(n)]
+    keys = list(range(10_000, 10_000 + n))
+    val = choose_val(lengths, keys, 0.1, seed=42)
+    test = choose_test(lengths, keys, val, 0.15, seed=42)
+    assert len(test) == 30 and not test & val
+    assert test == choose_test(lengths, keys, val, 0.15, seed=42) != choose_test(lengths, keys, val, 0.15, seed=7)
+    # One test record in each of 30 length bins of the records val left.
+    rest = [i for i in sorted(range(n), key=lambda i: lengths[i]) if i not in val]
+    assert [len(set(rest[b * 180 // 30:(b + 1) * 180 // 30]) & test) for b in range(30)] == [1] * 30
+    assert choose_test(lengths, keys, val, 0.0, seed=42) == set()
+    assert len(choose_test([1, 2, 3], [1, 2, 3], {0}, 0.9, seed=0)) == 1  # one record stays for training
+    with pytest.raises(ValueError):
+        choose_test([1, 2], [1, 2], {0}, 0.1, seed=0)
+
+
+@pytest.mark.parametrize("name, split", [("dataset/sft_r1_test.jsonl", "test"), ("test.jsonl", "test"),
+                                         ("dataset/sft_r1_val.jsonl", "val"), ("tests/fixtures/eval_sft_val.jsonl", "val"),
+                                         ("dataset/train.jsonl", "train"), ("my-test.jsonl", "test"),
+                                         ("CMB-val-merge.json", ""), ("contest.jsonl", ""), ("questions.jsonl", "")])
+def test_split_of_reads_the_split_a_file_name_declares(name, split):
+    assert split_of(name) == split
 
 
 def test_choose_val_needs_two_records():

@@ -3,7 +3,7 @@
 Same flags, files, decoding protocol and metrics as scripts/evaluate_model.py (r1_sft/evaluation.py
 does the work); kept under its seed name. Results go to scripts/compare/evaluation_results/RUN_NAME/.
 
-Reads:  DATA (default dataset/sft_r1_val.jsonl), BASE_MODEL, ADAPTER ("" or absent default = base only).
+Reads:  DATA (default dataset/sft_r1_test.jsonl, the held-out test split), BASE_MODEL, ADAPTER ("" or absent default = base only).
 Writes: OUTPUT_DIR/RUN_NAME/ predictions.jsonl, summary.json, report.md, report.csv, scores.png, run_info.json
 
 Example:
