@@ -24,18 +24,6 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def copy_adapter(checkpoint: Path, dest: Path, tokenizer) -> None:
-    """Copy a checkpoint's adapter (config + safetensors) into ``dest`` with the tokenizer, atomically."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copy2(checkpoint / name, tmp / name)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-
-
 def clear_output_dir(output_dir: Path) -> None:
     """Remove what an earlier run left (checkpoints, results, logs); other files stay."""
     for child in output_dir.iterdir() if output_dir.is_dir() else []:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+from pathlib import Path
 
 import torch
 from transformers import Trainer
@@ -39,12 +42,17 @@ class SFTTrainer(Trainer):
     cross-entropy (``use_liger_kernel``), which patches the model's own forward.
     ``eval_loss`` is the mean over every trained token of the validation set: the Trainer's own
     averages batch means weighted by batch size, and counts a padding-free batch as one.
+    ``final_dir`` receives the last step's adapter before ``load_best_model_at_end`` replaces the
+    weights in memory (:meth:`save_final_adapter`).
     Subclass this for other losses (``distill.KDTrainer``).
     """
 
-    def __init__(self, *args, loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, **kwargs):
+    def __init__(self, *args, loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, final_dir: str | Path | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.final_dir = Path(final_dir) if final_dir is not None else Path(self.args.output_dir) / "final_model"
+        self.final_saved = False
         # [ce_sum, kl_sum, tokens] since the last log, per mode; kept on the device (no sync per step)
         self._loss_sums = {mode: torch.zeros(3, dtype=torch.float64, device=self.args.device)
                            for mode in ("train", "eval")}
@@ -98,6 +106,29 @@ class SFTTrainer(Trainer):
         if "loss" in logs:
             self._loss_sums["train"].zero_()  # plain SFT logs the Trainer's own loss; KDTrainer adds its parts
         super().log(logs, start_time)
+
+    def save_final_adapter(self) -> None:
+        """Save the adapter in memory as ``final_dir`` (every rank calls it: sharded engines gather).
+
+        Written to a temporary folder first and renamed by the main process: a killed run never
+        leaves a half-written final_model/.
+        """
+        tmp = self.final_dir.with_name(f".{self.final_dir.name}.tmp")
+        if self.is_world_process_zero():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.save_model(str(tmp))
+        if self.is_world_process_zero():
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
+            shutil.rmtree(self.final_dir, ignore_errors=True)
+            os.replace(tmp, self.final_dir)
+        self.final_saved = True
+
+    def _load_best_model(self) -> None:
+        # transformers 5.23 ends training with: load the best checkpoint into memory, then (with
+        # save_total_limit 1) delete the last checkpoint, then on_train_end. The last step's
+        # weights exist only here, just before they are replaced: final_model/ is saved now.
+        self.save_final_adapter()
+        super()._load_best_model()
 
     def _get_train_sampler(self, train_dataset=None):
         from transformers.trainer_pt_utils import LengthGroupedSampler

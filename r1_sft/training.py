@@ -32,7 +32,7 @@ from .lora import setup_lora_model
 from .modeling import pick_device
 from .paths import display_path, repo_path
 from .run_info import save_run_info
-from .run_outputs import clear_output_dir, complete_checkpoints, copy_adapter, portable_adapter_config
+from .run_outputs import clear_output_dir, complete_checkpoints, portable_adapter_config
 from .sft_data import describe_split, load_split, render_trained_example, write_encoded_examples
 from .sft_trainer import SFTTrainer
 from .train_callbacks import (LogHistoryCallback, SaveWhenStoppingCallback, end_summary, on_terminal, plot_loss_curve,
@@ -210,25 +210,22 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
     all_callbacks += list(callbacks)
     all_callbacks.append(LogHistoryCallback(logs_dir / "log_history.jsonl"))  # last: sees every added value
 
+    best_dir, final_dir = output_dir / "best_model", output_dir / "final_model"
     trainer = trainer_cls(model=model, args=args, data_collator=collator, train_dataset=train.dataset,
                           eval_dataset=val.dataset, processing_class=tokenizer, callbacks=all_callbacks,
-                          **{"loss_chunk_tokens": cfg.loss_chunk_tokens, **(trainer_kwargs or {})})
+                          **{"loss_chunk_tokens": cfg.loss_chunk_tokens, "final_dir": final_dir,
+                             **(trainer_kwargs or {})})
     use_progress_output(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     state = trainer.state
-    best_dir, final_dir = output_dir / "best_model", output_dir / "final_model"
-    # load_best_model_at_end has put the best adapter in memory (every rank saves: DeepSpeed needs it).
+    if not trainer.final_saved:  # no best model was loaded (no evaluation ran): memory holds the last step
+        trainer.save_final_adapter()
+    # load_best_model_at_end has put the best adapter in memory (every rank saves: sharded engines gather).
     trainer.save_model(str(best_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(best_dir))
         (best_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
-        # The last adapter is the newest checkpoint (the Trainer saves at max_steps, we at early stop).
-        last = output_dir / f"checkpoint-{state.global_step}"
-        if (last / "adapter_model.safetensors").is_file():
-            copy_adapter(last, final_dir, tokenizer)
-        else:  # cannot happen with our callbacks, but never leave final_model missing
-            trainer.save_model(str(final_dir))
         write_jsonl(logs_dir / "log_history.jsonl", state.log_history)
         plotted = plot_loss_curve(state.log_history, logs_dir / "loss_curve.png")
         for folder in (best_dir, final_dir):
