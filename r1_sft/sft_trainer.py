@@ -73,10 +73,18 @@ class SFTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        if self.uses_stock_loss:
+        if mode == "eval":
+            # eval_loss is (summed loss) / (summed tokens) over every process's real examples. In
+            # evaluation transformers 5.23 passes num_items_in_batch counted over all processes and
+            # scales the loss by their number, which is right only when every process holds the same
+            # number of tokens; and accelerate repeats examples to even out the last batches.
+            inputs = mask_repeated_examples(inputs, self.accelerator)
+            num_items_in_batch = None
+        if self.uses_stock_loss:  # the model's own loss, or Liger's fused one (same labels, same fix)
             loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            if mode == "eval":  # num_items_in_batch is None here: loss is this batch's per-token mean
+            if mode == "eval":  # loss is this batch's per-token mean (NaN when it has no trained token)
                 tokens = int((shifted_targets(inputs["labels"], inputs.get("shift_labels")) != IGNORE_INDEX).sum())
+                loss = loss if tokens else torch.zeros_like(loss)
                 self._add_sums(mode, loss.detach().float() * tokens, None, tokens)
             return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
         parts = self.loss_parts(model, inputs, num_items_in_batch, mode)
@@ -139,6 +147,37 @@ class SFTTrainer(Trainer):
             # state.epoch is a float that reaches exactly k.0 at the end of epoch k-1 (and on resume).
             sampler = EpochSeededSampler(sampler, seed, lambda: int(math.floor((self.state.epoch or 0) + 1e-6)))
         return sampler
+
+
+def mask_repeated_examples(inputs: dict, accelerator) -> dict:
+    """The evaluation batch with labels -100 on the examples accelerate repeated to even out processes.
+
+    With several processes, accelerate's ``even_batches`` completes the last round of evaluation
+    batches with examples from the start of the set, so that every process runs the same number
+    of forward passes (FSDP and DeepSpeed need it). Those copies appear only in each process's last
+    batch, after its real examples: of the round's ``batch x processes`` slots the first
+    ``remainder`` (= set size mod that product, in process order) are real -- the rule
+    ``Accelerator.gather_for_metrics`` drops copies by. A padding-free row holds its examples in
+    order, each starting where ``position_ids`` is 0.
+    """
+    state = accelerator.gradient_state
+    if accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+        return inputs
+    labels = inputs["labels"]
+    packed = labels.shape[0] == 1 and inputs.get("position_ids") is not None
+    starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist() if packed else list(range(labels.shape[0]))
+    real = min(max(state.remainder - accelerator.process_index * len(starts), 0), len(starts))
+    if real == len(starts):
+        return inputs
+    masked = dict(inputs)
+    for key in ("labels", "shift_labels"):
+        if masked.get(key) is not None:
+            masked[key] = masked[key].clone()
+            if packed:
+                masked[key][0, starts[real]:] = IGNORE_INDEX
+            else:
+                masked[key][real:] = IGNORE_INDEX
+    return masked
 
 
 def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
