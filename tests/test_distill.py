@@ -280,3 +280,20 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_training(tiny_model_
     assert len(lines) == 1 and lines[0].startswith("error: ") and "tokenizer differs" in lines[0]
     assert "<extra_token>" in lines[0] and "--use_teacher_logits" in lines[0]
     assert "[model] loaded" not in proc.stdout and not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "holds an earlier run (pass --resume to continue it"),
+    (["--overwrite_output_dir", "--loss_chunk_tokens", "0"], "--loss_chunk_tokens 0 with --use_teacher_logits: the "
+                                                             "stock loss has no teacher term"),
+    (["--overwrite_output_dir", "--loss_chunk_tokens", "512"], "(pass --kd_chunk_tokens 512)"),
+])
+def test_token_level_mistakes_are_refused_before_the_teacher_loads(tiny_model_dir, tmp_path, flags, message):
+    out = tmp_path / "out"
+    (out / "best_model").mkdir(parents=True)  # an earlier run's result
+    proc = run_script(SCRIPT, "--model_path", tiny_model_dir, "--teacher_model_path", tiny_model_dir,
+                      "--use_teacher_logits", "--train_file", TRAIN, "--val_file", VAL, "--output_dir", out, *flags)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert "[model] loaded" not in proc.stdout
