@@ -32,7 +32,8 @@ from .lora import setup_lora_model
 from .modeling import pick_device
 from .paths import display_path, repo_path
 from .run_info import save_run_info
-from .run_outputs import clear_output_dir, complete_checkpoints, portable_adapter_config
+from .run_outputs import (check_output_dir, clear_output_dir, complete_checkpoints, holds_earlier_run,
+                          portable_adapter_config)
 from .sft_data import describe_split, load_split, render_trained_example, write_encoded_examples
 from .sft_trainer import SFTTrainer
 from .train_callbacks import (LogHistoryCallback, SaveWhenStoppingCallback, end_summary, on_terminal, plot_loss_curve,
@@ -133,6 +134,8 @@ def build_training_args(cfg: TrainConfig, output_dir: Path, sampling_strategy: s
         save_only_model=False,  # optimizer, scheduler and RNG state are needed for an exact resume
         ddp_find_unused_parameters=False if distributed else None,
         deepspeed=str(repo_path(cfg.deepspeed)) if cfg.deepspeed else None,
+        fsdp=True if cfg.fsdp_config else None,  # FSDP2 as the config says (r1_sft.parallel checked it: version 2, full state dict)
+        fsdp_config=str(repo_path(cfg.fsdp_config)) if cfg.fsdp_config else None,
         use_liger_kernel=cfg.use_liger_kernel,
         log_level_replica="error",  # DDP replicas would otherwise re-enable library warnings the user cannot act on
         **compute_precision(cfg.precision, cfg.device),
@@ -156,6 +159,8 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
     quiet_dataset_bars()
     output_dir = repo_path(cfg.output_dir)
     logs_dir = output_dir / "training_logs"
+    if not cfg.dry_run:
+        check_output_dir(output_dir, cfg.resume, cfg.overwrite_output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     say = print if is_main else (lambda *a, **k: None)
 
@@ -187,12 +192,8 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
             say(f"[resume] continuing from {display_path(resume_from)}", flush=True)
         else:
             say(f"[resume] no complete checkpoint in {display_path(output_dir)}: starting from scratch", flush=True)
-    elif complete_checkpoints(output_dir) or (output_dir / "best_model").exists():
-        if not cfg.overwrite_output_dir:
-            raise UserError(f"{display_path(output_dir)}: holds an earlier run (pass --resume to continue it, "
-                            f"--overwrite_output_dir to start over, or another --output_dir)")
-        if is_main:
-            clear_output_dir(output_dir)
+    elif holds_earlier_run(output_dir) and is_main:  # --overwrite_output_dir (check_output_dir ran above)
+        clear_output_dir(output_dir)
 
     set_seed(cfg.seed)  # before the LoRA weights are initialised
     model, tokenizer = setup_lora_model(cfg)
