@@ -5,7 +5,9 @@
   ``fsdp_config`` takes): the frozen base, the LoRA weights, their gradients and AdamW states are
   sharded per decoder layer. With ``--use_4bit`` the NF4 weights are stored in the compute dtype
   (``bnb_4bit_quant_storage``) so that FSDP can shard them (FSDP-QLoRA). Checkpoints and the
-  adapters are saved as a full state dict of the adapter by rank 0, so they load as before.
+  adapters are saved as a full state dict of the adapter by rank 0, so they load as before. The
+  loss is the stock one (``--loss_chunk_tokens 0``) or Liger's: the chunked loss calls lm_head
+  outside the model's forward, on FSDP's shard (it crashed in backward on the CPU).
 * **DeepSpeed** (``--deepspeed configs/deepspeed_zero2.json``; ``pip install -r
   requirements-deepspeed.txt``): ZeRO-1 shards AdamW states, ZeRO-2 also gradients, ZeRO-3 also
   the weights. ZeRO-2 works with QLoRA; ZeRO-3 with ``--use_4bit`` is refused (:func:`check_deepspeed`).
@@ -85,6 +87,9 @@ def check_fsdp(cfg: TrainConfig) -> None:
     if state_dict != "FULL_STATE_DICT":
         raise UserError(f"--fsdp_config {shown}: \"state_dict_type\": {state_dict!r} writes no adapter file into "
                         f"checkpoints, best_model/ or final_model/; use \"FULL_STATE_DICT\" (the adapter is small)")
+    if cfg.loss_chunk_tokens > 0 and not cfg.use_liger_kernel:
+        raise UserError(f"--fsdp_config {shown}: the chunked loss runs lm_head outside the model's forward, where "
+                        f"FSDP has sharded it; pass --loss_chunk_tokens 0 (the stock loss) or --use_liger_kernel")
     _needs_gpu("fsdp_config", shown, cfg, "accelerate 1.15 runs FSDP only on GPUs (on a CPU the Trainer "
                "silently trains plain DDP instead)")
     if world_size() < 2:

@@ -2,7 +2,9 @@
 
 FSDP and DeepSpeed run on GPUs only through accelerate 1.15: on this CPU the checks down to the
 engine's own config parser are exercised, and the run is refused with one line instead of the
-Trainer silently training plain DDP. docs/multi_gpu.md lists what only a GPU machine can check.
+Trainer silently training plain DDP (tests/test_fsdp.py runs FSDP2 itself with that gate lifted).
+DeepSpeed is optional (requirements-deepspeed.txt): its parser tests run where it is installed,
+e.g. ``PYTHONPATH=<pip install --target DIR -r requirements-deepspeed.txt>``.
 """
 from __future__ import annotations
 
@@ -52,11 +54,13 @@ def test_shipped_configs_name_their_engine(tmp_path):
     ({"version": 1}, '"version": 1 is FSDP1'),
     ({"version": 2, "state_dict_type": "SHARDED_STATE_DICT"}, "writes no adapter file"),
     ({"version": 2}, "accelerate 1.15 runs FSDP only on GPUs (on a CPU the Trainer silently trains plain DDP"),
+    ({"version": 2, "chunked": True}, "the chunked loss runs lm_head outside the model's forward"),
 ])
 def test_fsdp_mistakes_and_this_cpu_are_one_line(tmp_path, monkeypatch, data, message):
     monkeypatch.setenv("WORLD_SIZE", "2")
+    chunk = 256 if data.pop("chunked", False) else 0
     with pytest.raises(UserError) as err:
-        check_engine(config(tmp_path, fsdp_config=write(tmp_path, "fsdp.json", data)))
+        check_engine(config(tmp_path, fsdp_config=write(tmp_path, "fsdp.json", data), loss_chunk_tokens=chunk))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -64,7 +68,7 @@ def test_fsdp_alone_on_one_process_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "_needs_gpu", lambda *args: None)  # as on a GPU machine
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(UserError, match="FSDP shards over processes; launch with `torchrun --nproc_per_node N"):
-        check_engine(config(tmp_path, fsdp_config=str(REPO / "configs/fsdp2_lora.json")))
+        check_engine(config(tmp_path, fsdp_config=str(REPO / "configs/fsdp2_lora.json"), loss_chunk_tokens=0))
 
 
 def test_deepspeed_without_the_package_is_named_with_its_requirements_file(tmp_path, monkeypatch):
