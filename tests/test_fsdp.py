@@ -49,11 +49,11 @@ def common(tiny_model_dir: Path, tmp_path: Path) -> list[str]:
             "--seed", "7", "--no_use_4bit", "--lora_dropout", "0", "--loss_chunk_tokens", "0"]
 
 
-def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], cwd: Path, config: str = "fsdp2_lora.json") -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "R1_SFT_TEST_CPU_FSDP": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests/cpu_fsdp"), str(REPO)])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPT),
-           "--fsdp_config", str(REPO / "configs/fsdp2_lora.json"), "--per_device_train_batch_size", "2", *args]
+           "--fsdp_config", str(REPO / "configs" / config), "--per_device_train_batch_size", "2", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
@@ -103,3 +103,18 @@ def test_fsdp2_trains_evaluates_resumes_and_matches_one_process(tiny_model_dir, 
                       "--max_new_tokens", "8", "--conversations_dir", tmp_path / "conv", env={"OMP_NUM_THREADS": "1"})
     assert chat.returncode == 0, chat.stdout[-2000:] + chat.stderr[-2000:]
     assert "LoRA adapter" in chat.stdout
+
+
+def test_fsdp2_qlora_shards_4bit_weights_and_matches_one_process(tiny_model_dir, tmp_path):
+    """configs/fsdp2_qlora.json: NF4 weights stored in the compute dtype (float32 here), one optimizer step."""
+    args = [a for a in common(tiny_model_dir, tmp_path) if a != "--no_use_4bit"] + ["--max_steps", "1",
+                                                                                   "--warmup_ratio", "0"]
+    out, one = tmp_path / "fsdp_qlora", tmp_path / "one_qlora"
+    proc = torchrun([*args, "--output_dir", str(out)], tmp_path, config="fsdp2_qlora.json")
+    assert "4-bit NF4" in proc.stdout
+    assert (out / "checkpoint-1/pytorch_model_fsdp.bin").is_file()
+    single = run_script("scripts/train_stf_r1_train_val.py", *args, "--output_dir", one,
+                        "--per_device_train_batch_size", "4", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    assert evals(out)[1] == pytest.approx(evals(one)[1], rel=EVAL_TOLERANCE)
+    assert adapter(out / "final_model").keys() == adapter(one / "final_model").keys()
