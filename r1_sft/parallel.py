@@ -70,7 +70,7 @@ def engine_name(cfg: TrainConfig) -> str:
 def _needs_gpu(flag: str, value: str, cfg: TrainConfig, why: str) -> None:
     from .modeling import pick_device
 
-    if pick_device(cfg.device) == "cpu":
+    if not cfg.dry_run and pick_device(cfg.device) == "cpu":  # a dry run trains nothing: it may plan for GPUs
         raise UserError(f"--{flag} {value}: {why}; on this CPU drop --{flag} (torchrun then runs DDP: every "
                         f"process a full copy)")
 
@@ -92,7 +92,7 @@ def check_fsdp(cfg: TrainConfig) -> None:
                         f"FSDP has sharded it; pass --loss_chunk_tokens 0 (the stock loss) or --use_liger_kernel")
     _needs_gpu("fsdp_config", shown, cfg, "accelerate 1.15 runs FSDP only on GPUs (on a CPU the Trainer "
                "silently trains plain DDP instead)")
-    if world_size() < 2:
+    if world_size() < 2 and not cfg.dry_run:
         raise UserError(f"--fsdp_config {shown}: FSDP shards over processes; launch with `torchrun "
                         f"--nproc_per_node N scripts/...` or `accelerate launch --num_processes N scripts/...`")
 

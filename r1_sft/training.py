@@ -30,6 +30,7 @@ from .cli import UserError
 from .jsonl_io import write_jsonl
 from .lora import setup_lora_model
 from .modeling import pick_device
+from .parallel import engine_name
 from .paths import display_path, repo_path
 from .run_info import save_run_info
 from .run_outputs import (check_output_dir, clear_output_dir, complete_checkpoints, holds_earlier_run,
@@ -67,7 +68,7 @@ def memory_plan(cfg: TrainConfig, longest: int) -> str:
     Estimated for a GPU (16-bit weights; QLoRA's NF4 body) at the longest encoded example, capped
     by max_length; with ``gpu_memory_gb`` also the largest per-device batch that fits.
     """
-    from .memory_estimate import describe, estimate, read_shape
+    from .memory_estimate import describe, describe_engine, estimate, read_shape
     from .modeling import resolve_model_folder
 
     shape = read_shape(resolve_model_folder(cfg.model_path).base_path)
@@ -75,7 +76,8 @@ def memory_plan(cfg: TrainConfig, longest: int) -> str:
                    use_4bit=cfg.use_4bit, dtype_bytes=2, lora_r=cfg.lora_r,
                    lora_target_modules=cfg.lora_target_modules, dropout_mask_bytes=1 if cfg.lora_dropout else 0,
                    gradient_checkpointing=cfg.gradient_checkpointing, loss_chunk_tokens=cfg.loss_chunk_tokens)
-    return describe(est, gpu_memory_gb=cfg.gpu_memory_gb or None, shape=shape)
+    return "\n".join([describe(est, gpu_memory_gb=cfg.gpu_memory_gb or None, shape=shape),
+                      describe_engine(est, shape, engine_name(cfg))])
 
 
 def check_loss_settings(cfg: TrainConfig) -> None:

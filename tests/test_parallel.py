@@ -118,3 +118,16 @@ def test_the_script_refuses_a_rejected_deepspeed_config_before_loading(tiny_mode
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --deepspeed ") and "DeepSpeed rejects" in lines[0]
     assert "[model] loaded" not in proc.stdout
+
+
+def test_dry_run_plans_fsdp_memory_per_device_on_this_cpu(tiny_model_dir, tmp_path):
+    proc = run_script("scripts/train_stf_r1_train_val.py", "--model_path", tiny_model_dir, "--train_file", TRAIN,
+                      "--val_file", VAL, "--output_dir", tmp_path / "out", "--fsdp_config",
+                      REPO / "configs/fsdp2_lora.json", "--loss_chunk_tokens", "0", "--dry_run")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[memory]")]
+    assert any(line.startswith("[memory] fsdp: weights, LoRA weights, gradients and AdamW states sharded")
+               for line in lines)
+    per_device = next(line for line in lines if "per device at 1/2/4/8 processes" in line)
+    totals = [float(x) for x in per_device.split(": ")[1].removesuffix(" GB").split(" / ")]
+    assert totals == sorted(totals, reverse=True)
