@@ -19,6 +19,7 @@ Modules, by concern:
   lora             the trainable model: frozen (4-bit) base + LoRA, or a continued adapter
   sft_trainer      the Trainer subclass: the project's loss, token-weighted eval_loss, resumable shuffle
   run_outputs      a run's folder: complete checkpoints, adapter copies, clearing an earlier run
+  parallel         past one device: DDP, FSDP2 or DeepSpeed ZeRO, checked before loading (docs/multi_gpu.md)
   training         the run: checks, TrainingArguments, the Trainer, best/final adapters and logs;
                    train_checks (settings checked before loading), train_callbacks (progress lines,
                    end summary, loss curve)

@@ -22,7 +22,7 @@ when
   a path, e.g. a file name that lives inside another folder field); otherwise, by its name,
 * it ends in ``_path``, ``_dir``, ``_file`` or ``_folder``, or it is one of ``PATH_NAMES``
   (``input``, ``output``, ``data``, ``adapter``, ``base_model``, ``questions``, ``score``,
-  ``deepspeed``).
+  ``deepspeed``, ``fsdp_config``).
 
 ``model`` is deliberately not in the list: it names a folder in the chat but an API model
 (``deepseek-reasoner``) elsewhere, so a script whose ``model`` is a folder says ``path_field``.
@@ -45,7 +45,8 @@ from typing import Callable, Sequence, TypeVar
 T = TypeVar("T")
 
 # Field names that hold a path (besides the suffixes below). See the module docstring.
-PATH_NAMES = frozenset({"input", "output", "data", "adapter", "base_model", "questions", "score", "deepspeed"})
+PATH_NAMES = frozenset({"input", "output", "data", "adapter", "base_model", "questions", "score", "deepspeed",
+                        "fsdp_config"})
 PATH_SUFFIXES = ("_path", "_dir", "_file", "_folder")
 _PATH_KEY = "path"  # dataclass field metadata: True = a path, False = never a path
 

@@ -87,6 +87,26 @@ def check_kd_settings(lambda_kl: float, kd_temperature: float, kd_chunk_tokens: 
         raise UserError(f"--kd_chunk_tokens {kd_chunk_tokens}: must be >= 1")
 
 
+def check_token_level_run(cfg) -> None:
+    """What token-level distillation supports besides its own settings, before the teacher loads.
+
+    The teacher is a full frozen copy in every process (DDP, DeepSpeed ZeRO-1/2). FSDP and ZeRO-3
+    would shard the student but not the teacher: refused. The loss is always the chunked one, in
+    chunks of ``kd_chunk_tokens``: ``loss_chunk_tokens`` (SFT's chunk size) is refused, not ignored.
+    """
+    from .parallel import deepspeed_stage
+
+    if cfg.loss_chunk_tokens != DEFAULT_CHUNK_TOKENS:
+        what = ("the stock loss has no teacher term" if cfg.loss_chunk_tokens == 0 else
+                f"token-level distillation chunks by --kd_chunk_tokens (pass --kd_chunk_tokens {cfg.loss_chunk_tokens})")
+        raise UserError(f"--loss_chunk_tokens {cfg.loss_chunk_tokens} with --use_teacher_logits: {what}; "
+                        f"drop --loss_chunk_tokens")
+    engine = "--fsdp_config" if cfg.fsdp_config else "--deepspeed (ZeRO-3)" if deepspeed_stage(cfg) == 3 else None
+    if engine:
+        raise UserError(f"{engine} with --use_teacher_logits: the student would be sharded but the teacher is a full "
+                        f"copy in every process; token-level distillation runs under DDP or DeepSpeed ZeRO-1/2")
+
+
 class KDTrainer(SFTTrainer):
     """The SFT trainer (``training.SFTTrainer``) with the distillation loss; plugs into ``training.run_training``.
 

@@ -29,7 +29,8 @@ def setup_lora_model(cfg):
 
     folder = resolve_model_folder(cfg.model_path)
     model, tokenizer = load_model(folder.base_path, use_4bit=cfg.use_4bit, for_training=True,
-                                  device=pick_device(cfg.device), precision=cfg.precision)
+                                  device=pick_device(cfg.device), precision=cfg.precision,
+                                  shard_4bit=bool(getattr(cfg, "fsdp_config", "")))
     model.requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

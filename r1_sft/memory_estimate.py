@@ -47,7 +47,7 @@ prints both side by side).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -290,6 +290,50 @@ def describe(est: MemoryEstimate, gpu_memory_gb: float | None = None, shape: Mod
                      + (" (nothing fits: use 4-bit, a shorter max_length or a larger GPU)" if best == 0 else ""))
     lines.append("[memory]   (a formula, checked against a CPU measurement; see r1_sft/memory_estimate.py)")
     return "\n".join(lines)
+
+
+# What each multi-process engine shards (r1_sft/parallel.py); activations, the loss and the CUDA
+# overhead are never sharded: each device computes on its own micro-batch.
+ENGINES = {
+    "ddp": "nothing sharded (every device holds the model, the LoRA weights, their gradients and AdamW states)",
+    "zero1": "AdamW states sharded; weights, LoRA weights and gradients whole on every device",
+    "zero2": "AdamW states and LoRA gradients sharded; weights and LoRA weights whole on every device",
+    "zero3": "weights, LoRA weights, gradients and AdamW states sharded; one layer gathered at a time",
+    "fsdp": "weights, LoRA weights, gradients and AdamW states sharded per decoder layer; two layers and the "
+            "root unit (embeddings, final norm, lm_head) gathered at a time",
+}
+
+
+def per_device(est: MemoryEstimate, shape: ModelShape, engine: str, processes: int) -> MemoryEstimate:
+    """``est`` (one device, nothing sharded) on each of ``processes`` devices under ``engine`` (:data:`ENGINES`).
+
+    LoRA state per parameter: fp32 weight 4 + gradient 4 + AdamW 8 bytes; ZeRO-1 divides the 8,
+    ZeRO-2 the 12, ZeRO-3/FSDP all 16. ZeRO-3/FSDP divide the frozen weights too, plus what is
+    gathered while it computes: two decoder layers (the current and the prefetched one) and, for
+    FSDP, the root unit with the embeddings and lm_head; ZeRO-3 one embedding matrix at a time.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r} (use one of {', '.join(ENGINES)})")
+    n, s = max(1, processes), est.settings
+    lora_bytes = est.lora_parameters * {"ddp": 16, "zero1": 8 + 8 / n, "zero2": 4 + 12 / n}.get(engine, 16 / n)
+    weights = est.weights_gb * GB
+    if engine in ("zero3", "fsdp"):
+        d, L = s["dtype_bytes"], shape.num_hidden_layers
+        body = NF4_DOUBLE_QUANT_BYTES_PER_PARAM if s["use_4bit"] else d
+        layer = shape.body_linear_params() / L * body + shape.small_params() / L * d
+        embeddings = shape.embedding_params() * d
+        root = embeddings if engine == "fsdp" else embeddings / (1 if shape.tie_word_embeddings else 2)
+        weights = weights / n + 2 * layer + root
+    total = est.total_gb - est.weights_gb - est.lora_gb + (weights + lora_bytes) / GB
+    return replace(est, weights_gb=weights / GB, lora_gb=lora_bytes / GB, total_gb=total,
+                   settings={**s, "engine": engine, "processes": n})
+
+
+def describe_engine(est: MemoryEstimate, shape: ModelShape, engine: str, counts: Sequence[int] = (1, 2, 4, 8)) -> str:
+    """Lines for ``--dry_run``: what ``engine`` shards, and the estimated peak per device at each process count."""
+    totals = " / ".join(f"{per_device(est, shape, engine, n).total_gb:.1f}" for n in counts)
+    return (f"[memory] {engine}: {ENGINES[engine]}; never sharded: activations, the loss, CUDA overhead\n"
+            f"[memory]   per device at {'/'.join(map(str, counts))} processes: {totals} GB")
 
 
 def readme_table(gpu_sizes: Sequence[float] = (16, 24, 40, 80), max_length: int = 2048,

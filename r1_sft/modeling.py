@@ -258,8 +258,12 @@ def _as_dtype(dtype) -> torch.dtype | None:
 
 def from_pretrained_kwargs(folder: ModelFolder, *, use_4bit: bool, for_training: bool, device: str, dtype=None,
                            attn_implementation: str | None = None, trust_remote_code: bool = False,
-                           precision: str = "auto") -> dict:
-    """``from_pretrained`` arguments: dtype (and 4-bit compute dtype) from the one precision decision."""
+                           precision: str = "auto", shard_4bit: bool = False) -> dict:
+    """``from_pretrained`` arguments: dtype (and 4-bit compute dtype) from the one precision decision.
+
+    ``shard_4bit``: store the NF4 weights in the compute dtype instead of uint8, so that FSDP can
+    shard them (FSDP-QLoRA; the 4-bit values are the same).
+    """
     dtype = _as_dtype(dtype) or pick_dtype(device, for_training, weights_size(folder.base_path), precision)
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation or pick_attn_implementation(device, dtype),
                   use_safetensors=True, trust_remote_code=trust_remote_code, device_map={"": device})
@@ -268,17 +272,18 @@ def from_pretrained_kwargs(folder: ModelFolder, *, use_4bit: bool, for_training:
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+            bnb_4bit_compute_dtype=dtype, **({"bnb_4bit_quant_storage": dtype} if shard_4bit else {}))
     return kwargs
 
 
 def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool = False, device=None,
                dtype=None, attn_implementation: str | None = None, trust_remote_code: bool = False,
-               precision: str = "auto"):
+               precision: str = "auto", shard_4bit: bool = False):
     """Load a base, merged or adapter folder; returns ``(model, tokenizer)``.
 
     An adapter folder loads its base, then the adapter on top (a PeftModel, trainable only when
-    ``for_training``). ``use_4bit``: NF4 with double quantization through bitsandbytes, computing in
+    ``for_training``). ``use_4bit``: NF4 with double quantization through bitsandbytes (``shard_4bit``:
+    stored in the compute dtype, for FSDP), computing in
     the chosen dtype. ``precision``: ``--precision`` (auto, bf16, fp16, fp32; see
     :func:`decide_precision`); ``dtype`` overrides it. Weights load from safetensors only. The tokenizer is padded left for
     generation, right when ``for_training``; the model is in eval mode unless ``for_training``.
@@ -289,7 +294,7 @@ def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool =
     device = str(device or pick_device())
     kwargs = from_pretrained_kwargs(folder, use_4bit=use_4bit, for_training=for_training, device=device,
                                     dtype=dtype, attn_implementation=attn_implementation,
-                                    trust_remote_code=trust_remote_code, precision=precision)
+                                    trust_remote_code=trust_remote_code, precision=precision, shard_4bit=shard_4bit)
     dtype, attn = kwargs["dtype"], kwargs["attn_implementation"]
     model = AutoModelForCausalLM.from_pretrained(str(folder.base_path), **kwargs)
     if use_4bit and for_training:

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+from .cli import UserError
 from .jsonl_io import atomic_write_text
 from .paths import display_path
 
@@ -24,16 +25,15 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def copy_adapter(checkpoint: Path, dest: Path, tokenizer) -> None:
-    """Copy a checkpoint's adapter (config + safetensors) into ``dest`` with the tokenizer, atomically."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        shutil.copy2(checkpoint / name, tmp / name)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+def holds_earlier_run(output_dir: Path) -> bool:
+    return bool(complete_checkpoints(output_dir)) or (output_dir / "best_model").exists()
+
+
+def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    """An earlier run's folder is continued (--resume) or cleared (--overwrite_output_dir), never mixed into."""
+    if not resume and not overwrite and holds_earlier_run(output_dir):
+        raise UserError(f"{display_path(output_dir)}: holds an earlier run (pass --resume to continue it, "
+                        f"--overwrite_output_dir to start over, or another --output_dir)")
 
 
 def clear_output_dir(output_dir: Path) -> None:

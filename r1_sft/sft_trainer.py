@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -50,12 +52,17 @@ class SFTTrainer(Trainer):
     cross-entropy (``use_liger_kernel``), which patches the model's own forward.
     ``eval_loss`` is the mean over every trained token of the validation set: the Trainer's own
     averages batch means weighted by batch size, and counts a padding-free batch as one.
+    ``final_dir`` receives the last step's adapter before ``load_best_model_at_end`` replaces the
+    weights in memory (:meth:`save_final_adapter`).
     Subclass this for other losses (``distill.KDTrainer``).
     """
 
-    def __init__(self, *args, loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, **kwargs):
+    def __init__(self, *args, loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, final_dir: str | Path | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.final_dir = Path(final_dir) if final_dir is not None else Path(self.args.output_dir) / "final_model"
+        self.final_saved = False
         # [ce_sum, kl_sum, tokens] since the last log, per mode; kept on the device (no sync per step)
         self._loss_sums = {mode: torch.zeros(3, dtype=torch.float64, device=self.args.device)
                            for mode in ("train", "eval")}
@@ -78,10 +85,18 @@ class SFTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        if self.uses_stock_loss:
+        if mode == "eval":
+            # eval_loss is (summed loss) / (summed tokens) over every process's real examples. In
+            # evaluation transformers 5.23 passes num_items_in_batch counted over all processes and
+            # scales the loss by their number, which is right only when every process holds the same
+            # number of tokens; and accelerate repeats examples to even out the last batches.
+            inputs = mask_repeated_examples(inputs, self.accelerator)
+            num_items_in_batch = None
+        if self.uses_stock_loss:  # the model's own loss, or Liger's fused one (same labels, same fix)
             loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-            if mode == "eval":  # num_items_in_batch is None here: loss is this batch's per-token mean
+            if mode == "eval":  # loss is this batch's per-token mean (NaN when it has no trained token)
                 tokens = int((shifted_targets(inputs["labels"], inputs.get("shift_labels")) != IGNORE_INDEX).sum())
+                loss = loss if tokens else torch.zeros_like(loss)
                 self._add_sums(mode, loss.detach().float() * tokens, None, tokens)
             return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
         parts = self.loss_parts(model, inputs, num_items_in_batch, mode)
@@ -151,6 +166,29 @@ class SFTTrainer(Trainer):
             self._loss_sums["train"].zero_()  # plain SFT logs the Trainer's own loss; KDTrainer adds its parts
         super().log(logs, start_time)
 
+    def save_final_adapter(self) -> None:
+        """Save the adapter in memory as ``final_dir`` (every rank calls it: sharded engines gather).
+
+        Written to a temporary folder first and renamed by the main process: a killed run never
+        leaves a half-written final_model/.
+        """
+        tmp = self.final_dir.with_name(f".{self.final_dir.name}.tmp")
+        if self.is_world_process_zero():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.save_model(str(tmp))
+        if self.is_world_process_zero():
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
+            shutil.rmtree(self.final_dir, ignore_errors=True)
+            os.replace(tmp, self.final_dir)
+        self.final_saved = True
+
+    def _load_best_model(self) -> None:
+        # transformers 5.23 ends training with: load the best checkpoint into memory, then (with
+        # save_total_limit 1) delete the last checkpoint, then on_train_end. The last step's
+        # weights exist only here, just before they are replaced: final_model/ is saved now.
+        self.save_final_adapter()
+        super()._load_best_model()
+
     def _get_train_sampler(self, train_dataset=None):
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -160,6 +198,37 @@ class SFTTrainer(Trainer):
             # state.epoch is a float that reaches exactly k.0 at the end of epoch k-1 (and on resume).
             sampler = EpochSeededSampler(sampler, seed, lambda: int(math.floor((self.state.epoch or 0) + 1e-6)))
         return sampler
+
+
+def mask_repeated_examples(inputs: dict, accelerator) -> dict:
+    """The evaluation batch with labels -100 on the examples accelerate repeated to even out processes.
+
+    With several processes, accelerate's ``even_batches`` completes the last round of evaluation
+    batches with examples from the start of the set, so that every process runs the same number
+    of forward passes (FSDP and DeepSpeed need it). Those copies appear only in each process's last
+    batch, after its real examples: of the round's ``batch x processes`` slots the first
+    ``remainder`` (= set size mod that product, in process order) are real -- the rule
+    ``Accelerator.gather_for_metrics`` drops copies by. A padding-free row holds its examples in
+    order, each starting where ``position_ids`` is 0.
+    """
+    state = accelerator.gradient_state
+    if accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+        return inputs
+    labels = inputs["labels"]
+    packed = labels.shape[0] == 1 and inputs.get("position_ids") is not None
+    starts = (inputs["position_ids"][0] == 0).nonzero().flatten().tolist() if packed else list(range(labels.shape[0]))
+    real = min(max(state.remainder - accelerator.process_index * len(starts), 0), len(starts))
+    if real == len(starts):
+        return inputs
+    masked = dict(inputs)
+    for key in ("labels", "shift_labels"):
+        if masked.get(key) is not None:
+            masked[key] = masked[key].clone()
+            if packed:
+                masked[key][0, starts[real]:] = IGNORE_INDEX
+            else:
+                masked[key][real:] = IGNORE_INDEX
+    return masked
 
 
 def sum_over_processes(values: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ naming the flag, the value and what is allowed, instead of a traceback minutes l
 run that trains nothing and exits 0). In order:
 
 1. values: epochs/steps, learning rate and schedule, ratios, LoRA settings, batch sizes, seed;
-2. input paths: the model folder, the train/val files, a DeepSpeed config;
+2. input paths: the model folder, the train/val files; an FSDP or DeepSpeed config (``r1_sft.parallel``);
 3. ``--report_to``: each tracker is an optional install, named with its ``pip install`` line;
 4. data: SFT records whose ``output`` is not in the think format are refused (``allow_no_think``);
 5. LoRA target names: matched against the module names of the model built on the meta device
@@ -22,6 +22,7 @@ from typing import Iterable
 import torch
 
 from .cli import UserError
+from .parallel import check_engine
 from .paths import display_path, repo_path, tried_path
 from .lora import target_modules
 from .records import BAD_SFT_OUTPUT, RecordError, validate_sft
@@ -134,7 +135,7 @@ def check_trackers(spec: str) -> None:
 # ----------------------------------------------------------------------------- paths
 
 def check_paths(cfg: TrainConfig) -> None:
-    """The model folder, data files and DeepSpeed config exist (nothing is read beyond that)."""
+    """The model folder and data files exist (nothing is read beyond that)."""
     from .modeling import resolve_model_folder
 
     resolve_model_folder(cfg.model_path)  # missing / incomplete folder: one line with the download hint
@@ -143,9 +144,6 @@ def check_paths(cfg: TrainConfig) -> None:
         if not path.is_file():
             raise UserError(f"--{flag} {tried_path(path)}: data file not found (run the data stage, step 1, "
                             f"or pass the right file)")
-    if cfg.deepspeed and not repo_path(cfg.deepspeed).is_file():
-        raise UserError(f"--deepspeed {tried_path(repo_path(cfg.deepspeed))}: DeepSpeed config not found "
-                        f"(e.g. configs/deepspeed_zero2.json)")
 
 
 def check_teacher_folder(path: str) -> None:
@@ -242,6 +240,7 @@ def check_before_loading(cfg: TrainConfig) -> dict[str, int]:
     """
     check_values(cfg)
     check_paths(cfg)
+    check_engine(cfg)
     check_trackers(cfg.report_to)
     counts = check_think_format(cfg)
     from .modeling import resolve_model_folder

@@ -50,7 +50,8 @@ class TrainConfig:
     dry_run: bool = False  # tokenize, print statistics and examples, write encoded_examples.jsonl, then exit
     resume: bool = False  # continue from the newest complete checkpoint-N in OUTPUT_DIR
     overwrite_output_dir: bool = False  # delete an earlier run's checkpoints and results in OUTPUT_DIR first
-    deepspeed: str = ""  # DeepSpeed config JSON (e.g. configs/deepspeed_zero2.json); empty = plain DDP / single device
+    deepspeed: str = ""  # DeepSpeed config JSON (e.g. configs/deepspeed_zero2.json); needs pip install -r requirements-deepspeed.txt; empty = plain DDP / single device
+    fsdp_config: str = ""  # FSDP2 config JSON for the Trainer (configs/fsdp2_lora.json, configs/fsdp2_qlora.json); GPUs under torchrun only
     loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS  # loss through lm_head this many trained positions at a time (0.16 GB per fp32 chunk of R1's logits; no full-vocabulary logits); 0 = the stock loss
     use_liger_kernel: bool = False  # CUDA + liger-kernel installed: Liger's fused linear cross-entropy instead of the chunked loss
     gpu_memory_gb: float = 0.0  # with --dry_run: also print the largest per-device batch that fits a GPU of this many GB

@@ -30,9 +30,11 @@ from .cli import UserError
 from .jsonl_io import write_jsonl
 from .lora import setup_lora_model, target_modules
 from .modeling import pick_device
+from .parallel import engine_name
 from .paths import display_path, repo_path
 from .run_info import save_run_info
-from .run_outputs import clear_output_dir, complete_checkpoints, copy_adapter, portable_adapter_config
+from .run_outputs import (check_output_dir, clear_output_dir, complete_checkpoints, holds_earlier_run,
+                          portable_adapter_config)
 from .sft_data import describe_split, load_split, render_trained_example, write_encoded_examples
 from .sft_trainer import SFTTrainer
 from .train_callbacks import (LogHistoryCallback, SaveWhenStoppingCallback, end_summary, on_terminal, plot_loss_curve,
@@ -66,7 +68,7 @@ def memory_plan(cfg: TrainConfig, longest: int) -> str:
     Estimated for a GPU (16-bit weights; QLoRA's NF4 body) at the longest encoded example, capped
     by max_length; with ``gpu_memory_gb`` also the largest per-device batch that fits.
     """
-    from .memory_estimate import describe, estimate, read_shape
+    from .memory_estimate import describe, describe_engine, estimate, read_shape
     from .modeling import resolve_model_folder
 
     shape = read_shape(resolve_model_folder(cfg.model_path).base_path)
@@ -74,7 +76,8 @@ def memory_plan(cfg: TrainConfig, longest: int) -> str:
                    use_4bit=cfg.use_4bit, dtype_bytes=2, lora_r=cfg.lora_r,
                    lora_target_modules=cfg.lora_target_modules, dropout_mask_bytes=1 if cfg.lora_dropout else 0,
                    gradient_checkpointing=cfg.gradient_checkpointing, loss_chunk_tokens=cfg.loss_chunk_tokens)
-    return describe(est, gpu_memory_gb=cfg.gpu_memory_gb or None, shape=shape)
+    return "\n".join([describe(est, gpu_memory_gb=cfg.gpu_memory_gb or None, shape=shape),
+                      describe_engine(est, shape, engine_name(cfg))])
 
 
 def lora_targets(cfg: TrainConfig) -> list[str]:
@@ -153,6 +156,8 @@ def build_training_args(cfg: TrainConfig, output_dir: Path, sampling_strategy: s
         save_only_model=False,  # optimizer, scheduler and RNG state are needed for an exact resume
         ddp_find_unused_parameters=False if distributed else None,
         deepspeed=str(repo_path(cfg.deepspeed)) if cfg.deepspeed else None,
+        fsdp=True if cfg.fsdp_config else None,  # FSDP2 as the config says (r1_sft.parallel checked it: version 2, full state dict)
+        fsdp_config=str(repo_path(cfg.fsdp_config)) if cfg.fsdp_config else None,
         use_liger_kernel=cfg.use_liger_kernel,
         log_level_replica="error",  # DDP replicas would otherwise re-enable library warnings the user cannot act on
         **compute_precision(cfg.precision, cfg.device),
@@ -176,6 +181,8 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
     quiet_dataset_bars()
     output_dir = repo_path(cfg.output_dir)
     logs_dir = output_dir / "training_logs"
+    if not cfg.dry_run:
+        check_output_dir(output_dir, cfg.resume, cfg.overwrite_output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     say = print if is_main else (lambda *a, **k: None)
 
@@ -207,12 +214,8 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
             say(f"[resume] continuing from {display_path(resume_from)}", flush=True)
         else:
             say(f"[resume] no complete checkpoint in {display_path(output_dir)}: starting from scratch", flush=True)
-    elif complete_checkpoints(output_dir) or (output_dir / "best_model").exists():
-        if not cfg.overwrite_output_dir:
-            raise UserError(f"{display_path(output_dir)}: holds an earlier run (pass --resume to continue it, "
-                            f"--overwrite_output_dir to start over, or another --output_dir)")
-        if is_main:
-            clear_output_dir(output_dir)
+    elif holds_earlier_run(output_dir) and is_main:  # --overwrite_output_dir (check_output_dir ran above)
+        clear_output_dir(output_dir)
 
     set_seed(cfg.seed)  # before the LoRA weights are initialised
     model, tokenizer = setup_lora_model(cfg)
@@ -230,25 +233,22 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
     all_callbacks += list(callbacks)
     all_callbacks.append(LogHistoryCallback(logs_dir / "log_history.jsonl"))  # last: sees every added value
 
+    best_dir, final_dir = output_dir / "best_model", output_dir / "final_model"
     trainer = trainer_cls(model=model, args=args, data_collator=collator, train_dataset=train.dataset,
                           eval_dataset=val.dataset, processing_class=tokenizer, callbacks=all_callbacks,
-                          **{"loss_chunk_tokens": cfg.loss_chunk_tokens, **(trainer_kwargs or {})})
+                          **{"loss_chunk_tokens": cfg.loss_chunk_tokens, "final_dir": final_dir,
+                             **(trainer_kwargs or {})})
     use_progress_output(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     state = trainer.state
-    best_dir, final_dir = output_dir / "best_model", output_dir / "final_model"
-    # load_best_model_at_end has put the best adapter in memory (every rank saves: DeepSpeed needs it).
+    if not trainer.final_saved:  # no best model was loaded (no evaluation ran): memory holds the last step
+        trainer.save_final_adapter()
+    # load_best_model_at_end has put the best adapter in memory (every rank saves: sharded engines gather).
     trainer.save_model(str(best_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(best_dir))
         (best_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
-        # The last adapter is the newest checkpoint (the Trainer saves at max_steps, we at early stop).
-        last = output_dir / f"checkpoint-{state.global_step}"
-        if (last / "adapter_model.safetensors").is_file():
-            copy_adapter(last, final_dir, tokenizer)
-        else:  # cannot happen with our callbacks, but never leave final_model missing
-            trainer.save_model(str(final_dir))
         write_jsonl(logs_dir / "log_history.jsonl", state.log_history)
         plotted = plot_loss_curve(state.log_history, logs_dir / "loss_curve.png")
         for folder in (best_dir, final_dir):

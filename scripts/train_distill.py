@@ -31,10 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
-from r1_sft.distill import KDTrainer, check_kd_settings, check_same_tokenizer, load_teacher  # noqa: E402
+from r1_sft.distill import (KDTrainer, check_kd_settings, check_same_tokenizer, check_token_level_run,  # noqa: E402
+                            load_teacher)
 from r1_sft.loss import loss_peak_bytes  # noqa: E402
 from r1_sft.modeling import load_tokenizer  # noqa: E402
 from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
+from r1_sft.run_outputs import check_output_dir  # noqa: E402
 from r1_sft.train_checks import check_before_loading, check_teacher_folder, check_values  # noqa: E402
 from r1_sft.train_config import TrainConfig  # noqa: E402
 from r1_sft.training import run_training  # noqa: E402
@@ -85,6 +87,9 @@ def main(cfg: Config) -> None:
         return
     check_before_loading(cfg)  # the student's side: paths, trackers, data format, LoRA names
     check_teacher_folder(cfg.teacher_model_path)
+    check_token_level_run(cfg)  # engines and loss flags that cannot carry a teacher
+    if not cfg.dry_run:  # before minutes of teacher loading, not after
+        check_output_dir(repo_path(cfg.output_dir), cfg.resume, cfg.overwrite_output_dir)
 
     student_tokenizer = load_tokenizer(cfg.model_path, padding_side="right")
     if cfg.dry_run:  # check the pairing, show the encoding, load no model

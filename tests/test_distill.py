@@ -16,9 +16,10 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, script_config
 from r1_sft.batching import make_collator
-from r1_sft.distill import KDTrainer, tokenizer_mismatch
+from r1_sft.cli import UserError
+from r1_sft.distill import KDTrainer, check_token_level_run, tokenizer_mismatch
 from r1_sft.loss import chunked_loss, model_loss
 from r1_sft.modeling import load_model, load_tokenizer
 from r1_sft.tiny_model import EOS_TOKEN, build_tiny_model
@@ -280,3 +281,26 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_training(tiny_model_
     assert len(lines) == 1 and lines[0].startswith("error: ") and "tokenizer differs" in lines[0]
     assert "<extra_token>" in lines[0] and "--use_teacher_logits" in lines[0]
     assert "[model] loaded" not in proc.stdout and not out.exists()
+
+
+def test_an_earlier_run_in_the_output_folder_is_refused_before_the_teacher_loads(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    (out / "best_model").mkdir(parents=True)  # an earlier run's result
+    proc = run_script(SCRIPT, "--model_path", tiny_model_dir, "--teacher_model_path", tiny_model_dir,
+                      "--use_teacher_logits", "--train_file", TRAIN, "--val_file", VAL, "--output_dir", out)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds an earlier run (pass --resume to continue it" in lines[0], lines
+    assert "[model] loaded" not in proc.stdout
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss_chunk_tokens": 0}, "--loss_chunk_tokens 0 with --use_teacher_logits: the stock loss has no teacher term"),
+    ({"loss_chunk_tokens": 512}, "chunks by --kd_chunk_tokens (pass --kd_chunk_tokens 512)"),
+    ({"fsdp_config": "configs/fsdp2_lora.json"}, "--fsdp_config with --use_teacher_logits: the student would be sharded"),
+])
+def test_token_level_refuses_what_cannot_carry_a_teacher(overrides, message):
+    cfg = script_config(SCRIPT)(use_teacher_logits=True, **overrides)
+    with pytest.raises(UserError) as err:
+        check_token_level_run(cfg)
+    assert message in str(err.value)

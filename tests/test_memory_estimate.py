@@ -238,3 +238,23 @@ def _measure_main(spec: dict) -> None:
 
 if __name__ == "__main__":
     _measure_main(json.loads(sys.argv[1]))
+
+
+def test_per_device_memory_shards_what_each_engine_shards():
+    shape = me.R1_DISTILL_7B
+    est = me.estimate(shape, batch_size=4, max_length=2048, use_4bit=False)
+    assert me.per_device(est, shape, "ddp", 8).total_gb == est.total_gb  # DDP: every device holds everything
+    zero1, zero2, zero3, fsdp = (me.per_device(est, shape, e, 8) for e in ("zero1", "zero2", "zero3", "fsdp"))
+    # ZeRO-1/2 shard only LoRA state (16 B/param -> 9 and 5.5 B at 8 processes): weights stay whole.
+    assert zero1.weights_gb == zero2.weights_gb == est.weights_gb
+    assert zero1.lora_gb == pytest.approx(est.lora_gb * 9 / 16) and zero2.lora_gb == pytest.approx(est.lora_gb * 5.5 / 16)
+    # ZeRO-3 and FSDP shard the 15 GB of bf16 weights too, keeping the layers they gather.
+    assert zero3.lora_gb == fsdp.lora_gb == pytest.approx(est.lora_gb / 8)
+    assert est.weights_gb / 8 < zero3.weights_gb < fsdp.weights_gb < est.weights_gb / 2
+    # Never sharded: what each device computes on its own micro-batch.
+    for sharded in (zero1, zero2, zero3, fsdp):
+        assert sharded.activations_gb == est.activations_gb and sharded.loss_gb == est.loss_gb
+    totals = [me.per_device(est, shape, "fsdp", n).total_gb for n in (1, 2, 4, 8)]
+    assert totals == sorted(totals, reverse=True) and totals[0] > est.total_gb  # one process: only the gathering
+    with pytest.raises(ValueError, match="unknown engine"):
+        me.per_device(est, shape, "zero4", 2)

@@ -320,6 +320,36 @@ def test_training_from_an_adapter_continues_it_on_its_real_base(trained_run, tin
     assert "LoRA adapter" in chat.stdout and tiny_model_dir.name in chat.stdout
 
 
+def test_final_model_is_the_last_step_even_when_save_total_limit_deletes_it(tiny_model_dir, tmp_path):
+    """--save_total_limit 1: the Trainer loads the best adapter, then deletes the last checkpoint.
+
+    final_model/ must still be the last step's adapter (not the best one loaded into memory): the
+    same run with a larger limit keeps checkpoint-2 on disk to compare with.
+    """
+    def run(limit: str) -> Path:
+        out = tmp_path / f"limit{limit}"
+        # Step 1 has learning rate 0 (warmup), step 2 a large one: eval_loss is best at step 1, not at the last.
+        proc = run_script(SCRIPT, "--model_path", tiny_model_dir, "--train_file", TRAIN, "--val_file", VAL,
+                          "--output_dir", out, "--max_length", "128", "--max_steps", "2", "--eval_steps", "1",
+                          "--save_steps", "1", "--learning_rate", "0.5", "--per_device_train_batch_size", "2",
+                          "--gradient_accumulation_steps", "1", "--save_total_limit", limit, "--seed", "3", env=ENV)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return out
+
+    limited, kept = run("1"), run("2")
+    evals = [(h["step"], h["eval_loss"]) for h in read_log(limited) if "eval_loss" in h]
+    assert min(evals, key=lambda e: e[1])[0] == 1, evals  # the premise: best (step 1) != last (step 2)
+    assert not (limited / "checkpoint-2").exists() and (kept / "checkpoint-2").exists()
+    final = load_file(limited / "final_model/adapter_model.safetensors")
+    last = load_file(kept / "checkpoint-2/adapter_model.safetensors")
+    best = load_file(limited / "best_model/adapter_model.safetensors")
+    assert final.keys() == last.keys() == best.keys()
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert any(not torch.equal(final[k], best[k]) for k in final)
+    assert not (limited / "final_model/training_args.bin").exists()
+    assert (limited / "final_model/tokenizer.json").is_file()
+
+
 def test_dry_run_prints_the_memory_estimate_and_the_largest_batch(tiny_model_dir, tmp_path):
     proc = run_script(SCRIPT, *train_args(tiny_model_dir, tmp_path / "out"), "--dry_run", "--gpu_memory_gb", "16",
                       env=ENV)
