@@ -242,7 +242,7 @@ def load_for_generation(path, *, use_4bit: bool = False, label: str = ""):
 
     model, tokenizer = load_model(path, use_4bit=use_4bit)
     head = f"[{label}] " if label else ""
-    note = adapter_base_note(resolve_model_folder(path), use_4bit, next(model.parameters()).dtype, "runs")
+    note = adapter_base_note(resolve_model_folder(path), use_4bit, next(model.parameters()).dtype)
     if note:
         print(head + note, flush=True)
     if hasattr(model, "merge_and_unload") and not use_4bit:
