@@ -31,6 +31,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -169,15 +170,17 @@ def run_config(cfg: Config, model_dir: Path, arch: dict, method: str, use_4bit: 
 
     from r1_sft import memory_estimate
     from r1_sft.batching import LENGTH_GROUPED, PADDING_FREE, attn_implementation_of, make_collator
-    from r1_sft.training import SFTTrainer, TrainConfig, compute_precision, setup_lora_model
+    from r1_sft.lora import setup_lora_model
+    from r1_sft.sft_trainer import SFTTrainer
+    from r1_sft.training import compute_precision
 
     row = {"method": method, "loss": loss, "batching": batching}
     chunk = cfg.loss_chunk_tokens if loss == "chunked" else 0
     set_seed(cfg.seed)
-    train_cfg = TrainConfig(model_path=str(model_dir), use_4bit=use_4bit, gradient_checkpointing=True,
-                            per_device_train_batch_size=cfg.per_device_train_batch_size, max_length=cfg.max_length,
-                            loss_chunk_tokens=chunk)
-    model, tokenizer = setup_lora_model(train_cfg)
+    # The training scripts' default LoRA recipe (scripts/train_stf_r1_train_val.py, TrainConfig).
+    model, tokenizer = setup_lora_model(SimpleNamespace(
+        model_path=str(model_dir), use_4bit=use_4bit, gradient_checkpointing=True, precision="auto", device="auto",
+        lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules="all-linear"))
     collator, sampling = make_collator(tokenizer, model, strategy=PADDING_FREE if batching == "padding_free"
                                        else LENGTH_GROUPED)
     timer = StepTimer(cfg.warmup_steps)
@@ -189,7 +192,7 @@ def run_config(cfg: Config, model_dir: Path, arch: dict, method: str, use_4bit: 
                                  remove_unused_columns=False, seed=cfg.seed, learning_rate=1e-4, disable_tqdm=True,
                                  use_cpu=not torch.cuda.is_available(), **precision)
         trainer = SFTTrainer(model=model, args=args, data_collator=collator, train_dataset=examples,
-                             callbacks=[timer.callback], loss_chunk_tokens=train_cfg.loss_chunk_tokens)
+                             callbacks=[timer.callback], loss_chunk_tokens=chunk)
         trainer.train()
     dtype_bytes = 2 if (precision["bf16"] or precision["fp16"]) else 4
     est = memory_estimate.estimate(memory_estimate.ModelShape(**arch), batch_size=1,

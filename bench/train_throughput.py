@@ -29,6 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,6 +37,9 @@ from r1_sft.cli import cli_main, parse_config  # noqa: E402
 from r1_sft.jsonl_io import atomic_write_text  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
+
+# The LoRA of the training scripts' default recipe (scripts/train_stf_r1_train_val.py, TrainConfig).
+LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules="all-linear")
 
 
 @dataclass
@@ -90,11 +94,13 @@ def run_arm(cfg: Config, name: str, examples: list[dict], strategy: str | None) 
     from transformers import Trainer, TrainingArguments, set_seed
 
     from r1_sft.batching import TokenStatsCallback, attn_implementation_of, make_collator
-    from r1_sft.training import TrainConfig, compute_precision, setup_lora_model
+    from r1_sft.lora import setup_lora_model
+    from r1_sft.training import compute_precision
 
     set_seed(cfg.seed)
-    model, tokenizer = setup_lora_model(TrainConfig(model_path=cfg.model_path, use_4bit=cfg.use_4bit,
-                                                    gradient_checkpointing=cfg.gradient_checkpointing))
+    model, tokenizer = setup_lora_model(SimpleNamespace(
+        model_path=cfg.model_path, use_4bit=cfg.use_4bit, gradient_checkpointing=cfg.gradient_checkpointing,
+        precision="auto", device="auto", **LORA))
     if strategy == "original":
         collator, sampling = original_collator(tokenizer.pad_token_id), "random"
     else:
@@ -148,12 +154,12 @@ def main(cfg: Config):
     import torch
 
     from r1_sft.modeling import load_tokenizer
-    from r1_sft.training import TrainConfig, load_split
+    from r1_sft.sft_data import load_split
 
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     tokenizer = load_tokenizer(cfg.model_path, padding_side="right")
-    sample = load_split(cfg.train_file, tokenizer, TrainConfig(max_length=cfg.max_length), "train").dataset
+    sample = load_split(cfg.train_file, tokenizer, SimpleNamespace(max_length=cfg.max_length, truncate_long=False), "train").dataset
     print(f"[read] {display_path(repo_path(cfg.train_file))}: {len(sample)} examples kept "
           f"(max_length={cfg.max_length})", flush=True)
     datasets = {"sample_sft_data": [dict(row) for row in sample]}

@@ -9,11 +9,17 @@ Modules, by concern:
   records, splits  data stage: validate and normalise both sources, rejects, dedup, stratified splits
   r1_format        the R1 think format: SFT targets, prompts, training encoding, output parsing
   tiny_model       the offline stand-in: the real R1 tokenizer, 151,936 rows, brief plain-text pre-training
-  modeling         the one loader (base / adapter / merged), the one precision decision, merging
+  modeling         the one loader (base / adapter / merged), the one precision decision (--precision, --device), merging
   batching         padded or padding-free collators, token and padding statistics
   loss             the chunked training loss for SFT and distillation (no full-vocabulary logits)
-  training         QLoRA / LoRA SFT on the Hugging Face Trainer; train_checks (settings checked before
-                   loading), train_callbacks (progress lines, end summary, loss curve)
+  train_config     the training settings (headline defaults live in each stage script's constants)
+  sft_data         SFT records -> token ids and labels; split statistics; the dry run's rendering
+  lora             the trainable model: frozen (4-bit) base + LoRA, or a continued adapter
+  sft_trainer      the Trainer subclass: the project's loss, token-weighted eval_loss, resumable shuffle
+  run_outputs      a run's folder: complete checkpoints, adapter copies, clearing an earlier run
+  training         the run: checks, TrainingArguments, the Trainer, best/final adapters and logs;
+                   train_checks (settings checked before loading), train_callbacks (progress lines,
+                   end summary, loss curve)
   distill          token-level distillation from a teacher sharing the tokenizer
   memory_estimate  peak GPU memory of a training run, from config.json
   decoding         the R1 decoding protocol: values, top-k off, seed + batch index (evaluation, chat, server)

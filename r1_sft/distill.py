@@ -19,7 +19,7 @@ from pathlib import Path
 from .cli import UserError
 from .loss import DEFAULT_CHUNK_TOKENS, LossParts, model_loss
 from .paths import display_path, repo_path
-from .training import SFTTrainer, sum_over_processes
+from .sft_trainer import SFTTrainer, sum_over_processes
 
 
 # ----------------------------------------------------------------------------- tokenizer check

@@ -5,6 +5,7 @@ attention implementation and the tokenizer fixes (pad token, padding side) are d
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -106,12 +107,22 @@ def load_tokenizer(path: str | Path, padding_side: str = "left", trust_remote_co
     return tokenizer
 
 
-def pick_device() -> str:
-    """``cuda:<LOCAL_RANK>`` under torchrun, ``cuda`` on a GPU machine, else ``cpu``."""
+def pick_device(requested: str = "auto") -> str:
+    """``cuda:<LOCAL_RANK>`` under torchrun, ``cuda`` on a GPU machine, else ``cpu``; ``"cpu"`` forces the CPU."""
+    if requested not in DEVICES:
+        raise UserError(f"--device {requested!r}: use one of {', '.join(DEVICES)}")
+    if requested == "cpu":
+        return "cpu"
     if torch.cuda.is_available():
         local_rank = os.environ.get("LOCAL_RANK")
         return f"cuda:{int(local_rank)}" if local_rank is not None else "cuda"
+    if requested == "cuda":
+        raise UserError("--device cuda: torch sees no usable CUDA GPU on this machine (--device cpu to train on the CPU)")
     return "cpu"
+
+
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -124,25 +135,55 @@ class Precision:
     inference: torch.dtype  # evaluation, chat, serving, vLLM, merging for serving
     reason: str  # one line for logs: which rule applied
 
+    @property
+    def name(self) -> str:
+        """bf16 / fp16 / fp32: the training mode, as ``--precision`` spells it."""
+        return "bf16" if self.trainer_bf16 else "fp16" if self.trainer_fp16 else "fp32"
 
-def decide_precision(device: str | torch.device = "cpu", weight_bytes: int | None = None) -> Precision:
-    """bf16 only where the GPU has it natively (compute capability >= 8.0: A100, L4, RTX 30/40, H100).
 
-    ``torch.cuda.is_bf16_supported()`` is not asked: by default it counts emulation and says True on
-    T4 and V100. On those older GPUs training uses fp16 base weights with fp16 mixed precision and
-    loss scaling (peft keeps the LoRA weights in fp32), and inference uses fp32 weights when they fit
-    in 70% of the card (``weight_bytes``: the bf16 weights' size on disk), because LoRA-tuned R1
-    distills served in fp16 can emit only ``!`` (shared FACTS); a model too large for fp32 falls back
-    to fp16 and says so. CPU: fp32 throughout.
+BF16 = Precision(torch.bfloat16, True, False, torch.bfloat16, "")
+FP16 = Precision(torch.float16, False, True, torch.float16, "")
+FP32 = Precision(torch.float32, False, False, torch.float32, "")
+
+
+def check_precision_name(requested: str) -> None:
+    if requested not in PRECISIONS:
+        raise UserError(f"--precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+
+
+def decide_precision(device: str | torch.device = "cpu", weight_bytes: int | None = None,
+                     requested: str = "auto") -> Precision:
+    """``requested`` (``--precision``) when given, else ``auto``: the rule below.
+
+    auto: bf16 only where the GPU has it natively (compute capability >= 8.0: A100, L4, RTX 30/40,
+    H100). ``torch.cuda.is_bf16_supported()`` is not asked: by default it counts emulation and says
+    True on T4 and V100. On those older GPUs training uses fp16 base weights with fp16 mixed
+    precision and loss scaling (peft keeps the LoRA weights in fp32), and inference uses fp32
+    weights when they fit in 70% of the card (``weight_bytes``: the bf16 weights' size on disk),
+    because LoRA-tuned R1 distills served in fp16 can emit only ``!`` (shared FACTS); a model too
+    large for fp32 falls back to fp16 and says so. CPU: fp32 throughout.
+
+    bf16 / fp16 / fp32: that dtype for weights and inference, with the Trainer's autocast of the
+    same dtype (none for fp32), on any device: on a CPU, bf16 and fp16 run the GPU's numerics
+    (slowly), which is how the suite exercises them. bf16 on a GPU without native bf16 is refused.
     """
+    check_precision_name(requested)
     device = torch.device(device)
-    if device.type != "cuda":
-        return Precision(torch.float32, False, False, torch.float32, "cpu: float32")
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
+    capability = None
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        capability = torch.cuda.get_device_capability(index)
+    if requested != "auto":
+        if requested == "bf16" and capability is not None and capability[0] < 8:
+            raise UserError(f"--precision bf16: this GPU (compute capability {capability[0]}.{capability[1]}) has no "
+                            f"native bfloat16; use --precision fp16 (or auto)")
+        plan = {"bf16": BF16, "fp16": FP16, "fp32": FP32}[requested]
+        return dataclasses.replace(plan, reason=f"--precision {requested} on {device.type}")
+    if capability is None:
+        return dataclasses.replace(FP32, reason="cpu: float32")
+    major, minor = capability
     if major >= 8:
-        return Precision(torch.bfloat16, True, False, torch.bfloat16,
-                         f"compute capability {major}.{minor}: bfloat16")
+        return dataclasses.replace(BF16, reason=f"compute capability {major}.{minor}: bfloat16")
     total = torch.cuda.get_device_properties(index).total_memory
     fits_fp32 = weight_bytes is None or 2 * weight_bytes <= 0.7 * total
     inference = torch.float32 if fits_fp32 else torch.float16
@@ -152,9 +193,10 @@ def decide_precision(device: str | torch.device = "cpu", weight_bytes: int | Non
                      f"compute capability {major}.{minor} (no native bf16): float16 training with loss scaling, {note}")
 
 
-def pick_dtype(device: str | torch.device, for_training: bool = False, weight_bytes: int | None = None) -> torch.dtype:
+def pick_dtype(device: str | torch.device, for_training: bool = False, weight_bytes: int | None = None,
+               precision: str = "auto") -> torch.dtype:
     """Weights dtype for loading: from :func:`decide_precision`, for training or for inference."""
-    plan = decide_precision(device, weight_bytes)
+    plan = decide_precision(device, weight_bytes, precision)
     return plan.train_weights if for_training else plan.inference
 
 
@@ -182,9 +224,10 @@ def _as_dtype(dtype) -> torch.dtype | None:
 
 
 def from_pretrained_kwargs(folder: ModelFolder, *, use_4bit: bool, for_training: bool, device: str, dtype=None,
-                           attn_implementation: str | None = None, trust_remote_code: bool = False) -> dict:
+                           attn_implementation: str | None = None, trust_remote_code: bool = False,
+                           precision: str = "auto") -> dict:
     """``from_pretrained`` arguments: dtype (and 4-bit compute dtype) from the one precision decision."""
-    dtype = _as_dtype(dtype) or pick_dtype(device, for_training, weights_size(folder.base_path))
+    dtype = _as_dtype(dtype) or pick_dtype(device, for_training, weights_size(folder.base_path), precision)
     kwargs = dict(dtype=dtype, attn_implementation=attn_implementation or pick_attn_implementation(device),
                   use_safetensors=True, trust_remote_code=trust_remote_code, device_map={"": device})
     if use_4bit:
@@ -197,12 +240,14 @@ def from_pretrained_kwargs(folder: ModelFolder, *, use_4bit: bool, for_training:
 
 
 def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool = False, device=None,
-               dtype=None, attn_implementation: str | None = None, trust_remote_code: bool = False):
+               dtype=None, attn_implementation: str | None = None, trust_remote_code: bool = False,
+               precision: str = "auto"):
     """Load a base, merged or adapter folder; returns ``(model, tokenizer)``.
 
     An adapter folder loads its base, then the adapter on top (a PeftModel, trainable only when
     ``for_training``). ``use_4bit``: NF4 with double quantization through bitsandbytes, computing in
-    the chosen dtype. Weights load from safetensors only. The tokenizer is padded left for
+    the chosen dtype. ``precision``: ``--precision`` (auto, bf16, fp16, fp32; see
+    :func:`decide_precision`); ``dtype`` overrides it. Weights load from safetensors only. The tokenizer is padded left for
     generation, right when ``for_training``; the model is in eval mode unless ``for_training``.
     """
     from transformers import AutoModelForCausalLM
@@ -211,7 +256,7 @@ def load_model(path: str | Path, *, use_4bit: bool = False, for_training: bool =
     device = str(device or pick_device())
     kwargs = from_pretrained_kwargs(folder, use_4bit=use_4bit, for_training=for_training, device=device,
                                     dtype=dtype, attn_implementation=attn_implementation,
-                                    trust_remote_code=trust_remote_code)
+                                    trust_remote_code=trust_remote_code, precision=precision)
     dtype, attn = kwargs["dtype"], kwargs["attn_implementation"]
     model = AutoModelForCausalLM.from_pretrained(str(folder.base_path), **kwargs)
     if use_4bit and for_training:

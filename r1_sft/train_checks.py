@@ -17,16 +17,17 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import torch
 
 from .cli import UserError
 from .paths import display_path, repo_path, tried_path
+from .lora import target_modules
 from .records import BAD_SFT_OUTPUT, RecordError, validate_sft
+from .sft_data import load_sft_records
+from .train_config import TrainConfig
 
-if TYPE_CHECKING:  # training.py imports this module
-    from .training import TrainConfig
 
 # --report_to value -> the package its Trainer integration needs.
 TRACKERS = {"tensorboard": "tensorboard", "swanlab": "swanlab", "wandb": "wandb"}
@@ -61,7 +62,9 @@ def usable_schedulers() -> list[str]:
 
 def check_values(cfg: TrainConfig) -> None:
     """Every user-set number and name, before anything loads (NaN fails every check)."""
-    from .training import target_modules
+    from .modeling import decide_precision, pick_device
+
+    decide_precision(pick_device(cfg.device), requested=cfg.precision)  # --device / --precision fit this machine
 
     at_least_1 = ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
                   "gradient_accumulation_steps", "eval_steps", "save_steps", "logging_steps", "save_total_limit",
@@ -175,7 +178,6 @@ def think_format_problems(records: Iterable[dict]) -> list[int]:
 
 def check_think_format(cfg: TrainConfig) -> dict[str, int]:
     """Refuse train/val records without the think format unless ``allow_no_think``; returns counts per split."""
-    from .training import load_sft_records
 
     counts = {}
     for name, value in (("train", cfg.train_file), ("val", cfg.val_file)):
@@ -209,7 +211,6 @@ def linear_module_names(model) -> list[str]:
 
 def check_lora_targets(model, spec: str) -> None:
     """Each name in ``spec`` must match a module of ``model`` (peft's rule: the name or a dotted suffix)."""
-    from .training import target_modules
 
     targets = target_modules(spec)
     if targets == "all-linear":

@@ -36,12 +36,14 @@ from r1_sft.loss import loss_peak_bytes  # noqa: E402
 from r1_sft.modeling import load_tokenizer  # noqa: E402
 from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
 from r1_sft.train_checks import check_before_loading, check_teacher_folder, check_values  # noqa: E402
-from r1_sft.training import TrainConfig, run_training  # noqa: E402
+from r1_sft.train_config import TrainConfig  # noqa: E402
+from r1_sft.training import run_training  # noqa: E402
 
 
 @dataclass
 class Config(TrainConfig):
-    # The settings people change most; every other knob (and its meaning) is in r1_sft/training.py TrainConfig.
+    # The settings people change most, with their defaults (written only here); every other knob, its default
+    # and meaning is in r1_sft/train_config.py TrainConfig (all of them: --help).
     model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # student base model folder
     train_file: str = "dataset/train.jsonl"  # teacher-branch training records {"input", "output"}
     val_file: str = "dataset/val.jsonl"  # teacher-branch validation records (eval loss, best model)

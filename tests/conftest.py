@@ -5,6 +5,8 @@ The tiny model is built once per test session (offline, deterministic) through t
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -28,6 +30,21 @@ def run_script(script: str, *args: str, cwd: str | Path | None = None, input: st
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+@functools.cache
+def script_config(script: str) -> type:
+    """The ``Config`` dataclass of a stage script: its constants are the defaults users run with."""
+    spec = importlib.util.spec_from_file_location(f"_stage_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)  # defines Config and main; runs nothing (__name__ is not "__main__")
+    return module.Config
+
+
+def sft_config(**overrides):
+    """scripts/train_stf_r1_train_val.py's settings with ``overrides``, as its command line would give them."""
+    return script_config("scripts/train_stf_r1_train_val.py")(**overrides)
 
 
 @pytest.fixture(scope="session")

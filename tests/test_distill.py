@@ -16,14 +16,14 @@ import pytest
 import torch
 from transformers import TrainingArguments
 
-import r1_sft.loss as loss_module
 from conftest import REPO, run_script
 from r1_sft.batching import make_collator
 from r1_sft.distill import KDTrainer, tokenizer_mismatch
 from r1_sft.loss import chunked_loss, model_loss
 from r1_sft.modeling import load_model, load_tokenizer
 from r1_sft.tiny_model import EOS_TOKEN, build_tiny_model
-from r1_sft.training import SFTTrainer, encode_dataset, load_sft_records
+from r1_sft.sft_data import encode_dataset, load_sft_records
+from r1_sft.sft_trainer import SFTTrainer
 
 SCRIPT = "scripts/train_distill.py"
 TRAIN = "tests/fixtures/sft_tiny_train.jsonl"
@@ -95,26 +95,31 @@ def test_chunked_loss_and_gradient_equal_the_full_logits_formula(chunk_tokens):
     assert t_head.weight.grad is None  # the teacher gets no gradient
 
 
-def test_backward_keeps_no_vocabulary_sized_logits(monkeypatch):
-    """Only hidden-state-sized tensors are saved for backward; without the per-chunk checkpoint the
-    logits of every chunk would be (the control below shows the measurement can see them)."""
+def test_backward_keeps_no_vocabulary_sized_logits_and_never_runs_the_head_again():
+    """The fused loss computes each chunk's gradient in its forward pass: what it keeps for backward is
+    one hidden-state-sized gradient, and backward runs no lm_head product (a checkpointed chunk would
+    recompute its logits; the full-logits loss keeps them, as the control shows)."""
     torch.manual_seed(0)
     tokens, vocab = 120, 1000
     s_head, t_head = torch.nn.Linear(8, vocab, bias=False), torch.nn.Linear(8, vocab, bias=False)
+    s_head.requires_grad_(False)  # frozen, as lm_head is under LoRA all-linear (a trainable head adds its grad)
     s_hidden, t_hidden = torch.randn(1, tokens + 1, 8, requires_grad=True), torch.randn(1, tokens + 1, 8)
     labels = torch.randint(0, vocab, (1, tokens + 1))
+    head_calls = []
+    s_head.register_forward_hook(lambda *_: head_calls.append(1))
 
-    def saved_elements() -> int:
-        sizes = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            loss = chunked_loss(s_hidden, s_head, labels, teacher_hidden=t_hidden, teacher_head=t_head,
-                                   lambda_kl=0.5, chunk_tokens=32).loss
-        loss.backward()
-        return sum(sizes)
+    loss = chunked_loss(s_hidden, s_head, labels, teacher_hidden=t_hidden, teacher_head=t_head,
+                        lambda_kl=0.5, chunk_tokens=32).loss
+    kept = sum(t.numel() for t in loss.grad_fn.saved_tensors)
+    assert len(head_calls) == 4  # 120 positions in chunks of 32
+    assert kept == tokens * 8  # the hidden states' gradient, nothing vocabulary-sized
+    loss.backward()
+    assert len(head_calls) == 4  # backward ran the head no more
 
-    assert saved_elements() < 32 * vocab  # less than ONE chunk of logits, for 4 chunks
-    monkeypatch.setattr(loss_module, "checkpoint", lambda fn, *args, **kwargs: fn(*args))
-    assert saved_elements() > tokens * vocab
+    sizes = []  # control: the full-logits loss keeps vocabulary-sized tensors for its backward
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        torch.nn.functional.cross_entropy(s_head(s_hidden[0, :-1]), labels[0, 1:])
+    assert sum(sizes) >= tokens * vocab
 
 
 def test_padding_free_and_padded_batches_give_the_same_ce_and_kl(pair, features):

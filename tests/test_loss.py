@@ -19,7 +19,8 @@ from transformers import TrainingArguments
 from conftest import REPO
 from r1_sft.batching import make_collator
 from r1_sft.modeling import load_model
-from r1_sft.training import SFTTrainer, encode_dataset, load_sft_records
+from r1_sft.sft_data import encode_dataset, load_sft_records
+from r1_sft.sft_trainer import SFTTrainer
 
 VAL = REPO / "tests/fixtures/sft_tiny_val.jsonl"
 

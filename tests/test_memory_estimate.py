@@ -25,6 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # also run as a script (the measuring process)
 
+from conftest import sft_config
 from r1_sft import memory_estimate as me  # noqa: E402
 # Measured here (2 shared cores, torch 2.13 CPU): stand-in stock 3.606 GB vs formula 3.612 (+0.2%), chunked
 # 0.427 vs 0.433 (+1.5%); wide model checkpointed 0.115 vs 0.129 (+12.3%), not checkpointed 0.700 vs 0.711 (+1.6%).
@@ -197,7 +198,7 @@ def _measure_main(spec: dict) -> None:
 
     import torch
 
-    from r1_sft.training import TrainConfig, setup_lora_model
+    from r1_sft.lora import setup_lora_model
 
     torch.set_num_threads(1)
     try:
@@ -208,7 +209,7 @@ def _measure_main(spec: dict) -> None:
     for m in spec["models"]:
         if "build" in m:
             _build_wide(m["path"], m["build"])
-        model, _ = setup_lora_model(TrainConfig(model_path=m["path"], use_4bit=m["use_4bit"],
+        model, _ = setup_lora_model(sft_config(model_path=m["path"], use_4bit=m["use_4bit"],
                                                 gradient_checkpointing=m["ckpt"]))
         vocab = model.get_output_embeddings().weight.shape[0]
         for batch, length, loss_kind in m["steps"]:

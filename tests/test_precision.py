@@ -10,6 +10,7 @@ import types
 import pytest
 import torch
 
+from conftest import sft_config
 from r1_sft import modeling
 from r1_sft.modeling import decide_precision, from_pretrained_kwargs, pick_dtype, resolve_model_folder
 from r1_sft.training import compute_precision
@@ -78,7 +79,7 @@ def test_cpu_is_float32_everywhere(tiny_model_dir):
 
 def test_4bit_training_keeps_embeddings_and_lm_head_in_the_compute_dtype(tiny_model_dir, monkeypatch):
     """No fp32 copies of the untied embed_tokens and lm_head (1.87 GB for the real 1.5B): bf16 stays bf16."""
-    from r1_sft.training import TrainConfig, setup_lora_model
+    from r1_sft.lora import setup_lora_model
 
     real = modeling.load_model
 
@@ -86,7 +87,7 @@ def test_4bit_training_keeps_embeddings_and_lm_head_in_the_compute_dtype(tiny_mo
         return real(path, **{**kwargs, "dtype": torch.bfloat16})
 
     monkeypatch.setattr(modeling, "load_model", load_bf16)
-    model, _ = setup_lora_model(TrainConfig(model_path=str(tiny_model_dir), use_4bit=True,
+    model, _ = setup_lora_model(sft_config(model_path=str(tiny_model_dir), use_4bit=True,
                                             lora_target_modules="q_proj,v_proj"))
     base = model.get_base_model()
     assert base.model.embed_tokens.weight.dtype == torch.bfloat16

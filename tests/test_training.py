@@ -18,11 +18,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, sft_config
 from r1_sft.cli import UserError
 from r1_sft.r1_format import build_prompt, parse_output
-from r1_sft.training import (EpochSeededSampler, TrainConfig, complete_checkpoints, encode_dataset,
-                             load_sft_records, load_split, run_training, setup_lora_model)
+from r1_sft.lora import setup_lora_model
+from r1_sft.run_outputs import complete_checkpoints
+from r1_sft.sft_data import encode_dataset, load_sft_records, load_split
+from r1_sft.sft_trainer import EpochSeededSampler
+from r1_sft.training import run_training
 
 SCRIPT = "scripts/train_stf_r1_train_val.py"
 TRAIN = REPO / "tests/fixtures/sft_tiny_train.jsonl"  # 24 records -> 6 steps per epoch at batch 4
@@ -95,7 +98,7 @@ def test_over_length_examples_are_skipped_and_counted(tokenizer, records):
 
 def test_unusable_data_is_a_one_line_user_error(tmp_path, tokenizer):
     with pytest.raises(UserError, match="longer than max_length=8"):
-        load_split(TRAIN, tokenizer, TrainConfig(max_length=8), "train")
+        load_split(TRAIN, tokenizer, sft_config(max_length=8), "train")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"input": "问题"}\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"bad.jsonl: record 1: .*'output'"):
@@ -105,13 +108,13 @@ def test_unusable_data_is_a_one_line_user_error(tmp_path, tokenizer):
 
 
 def test_inconsistent_steps_are_refused_before_loading_anything(tmp_path):
-    cfg = TrainConfig(model_path=str(tmp_path / "no_model"), eval_steps=20, save_steps=30)
+    cfg = sft_config(model_path=str(tmp_path / "no_model"), eval_steps=20, save_steps=30)
     with pytest.raises(UserError, match="multiple of --eval_steps 20"):
         run_training(cfg)
 
 
 def test_missing_model_folder_is_a_user_error(tmp_path):
-    cfg = TrainConfig(model_path=str(tmp_path / "no_model"), train_file=str(TRAIN), val_file=str(VAL),
+    cfg = sft_config(model_path=str(tmp_path / "no_model"), train_file=str(TRAIN), val_file=str(VAL),
                       output_dir=str(tmp_path / "out"))
     with pytest.raises(UserError, match="model folder not found"):
         run_training(cfg)
@@ -122,7 +125,7 @@ def test_missing_model_folder_is_a_user_error(tmp_path):
 def test_qlora_setup_quantizes_every_linear_layer_to_4bit(tiny_model_dir, tmp_path):
     import bitsandbytes as bnb
 
-    cfg = TrainConfig(model_path=str(tiny_model_dir))
+    cfg = sft_config(model_path=str(tiny_model_dir))
     model, _ = setup_lora_model(cfg)
     lora_layers = {name: m for name, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
     targets = {name.rsplit(".", 1)[-1] for name in lora_layers}
@@ -216,7 +219,7 @@ def test_training_writes_adapters_logs_and_eval_loss_falls(trained_run):
 
 
 def test_rerun_without_resume_refuses_to_mix_runs(trained_run, tiny_model_dir):
-    cfg = TrainConfig(model_path=str(tiny_model_dir), train_file=str(TRAIN), val_file=str(VAL),
+    cfg = sft_config(model_path=str(tiny_model_dir), train_file=str(TRAIN), val_file=str(VAL),
                       output_dir=str(trained_run), max_length=128)
     with pytest.raises(UserError, match="--resume to continue it, --overwrite_output_dir"):
         run_training(cfg)
@@ -273,7 +276,7 @@ def test_4bit_training_keeps_one_kernel_on_a_cpu_with_avx512_bf16(tiny_model_dir
         return weight, quant_state
 
     monkeypatch.setattr(bnb_modules, "_convert_weight_packed_for_cpu", spy)
-    cfg = TrainConfig(model_path=str(tiny_model_dir), use_4bit=True, gradient_checkpointing=False,
+    cfg = sft_config(model_path=str(tiny_model_dir), use_4bit=True, gradient_checkpointing=False,
                       lora_target_modules="q_proj,v_proj")
     model, tokenizer = setup_lora_model(cfg)
     linear4bit = [m for m in model.modules() if isinstance(m, bnb_modules.Linear4bit)]

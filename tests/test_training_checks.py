@@ -18,11 +18,11 @@ import pytest
 from transformers import EarlyStoppingCallback
 
 import r1_sft.train_checks as train_checks
-from conftest import REPO, run_script
+from conftest import REPO, run_script, sft_config
 from r1_sft.cli import UserError
 from r1_sft.train_callbacks import end_reason, end_summary, loss_figure
 from r1_sft.train_checks import check_lora_targets, check_teacher_folder, meta_model
-from r1_sft.training import TrainConfig, run_training
+from r1_sft.training import run_training
 
 SCRIPT = "scripts/train_stf_r1_train_val.py"
 TRAIN = REPO / "tests/fixtures/sft_tiny_train.jsonl"
@@ -64,7 +64,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("values, message", BAD_VALUES, ids=[next(iter(v)) for v, _ in BAD_VALUES])
 def test_a_bad_value_is_one_line_naming_flag_value_and_range_before_any_path_is_read(tmp_path, values, message):
-    cfg = TrainConfig(model_path=str(tmp_path / "no_model"), train_file=str(tmp_path / "none.jsonl"),
+    cfg = sft_config(model_path=str(tmp_path / "no_model"), train_file=str(tmp_path / "none.jsonl"),
                       val_file=str(tmp_path / "none.jsonl"), **values)
     with pytest.raises(UserError, match=message) as caught:
         run_training(cfg)
@@ -73,21 +73,21 @@ def test_a_bad_value_is_one_line_naming_flag_value_and_range_before_any_path_is_
 
 def test_scheduler_error_lists_only_schedules_that_build():
     with pytest.raises(UserError) as caught:
-        run_training(TrainConfig(lr_scheduler_type="cosin"))
+        run_training(sft_config(lr_scheduler_type="cosin"))
     listed = str(caught.value).split("use one of ")[1].split(", ")
     assert {"linear", "cosine", "constant_with_warmup"} <= set(listed)
     assert "cosine_with_min_lr" not in listed and "warmup_stable_decay" not in listed  # need lr_scheduler_kwargs
 
 
 def test_missing_data_file_is_named_before_the_model_is_read(tiny_model_dir, tmp_path):
-    cfg = TrainConfig(model_path=str(tiny_model_dir), train_file=str(tmp_path / "nope.jsonl"), val_file=str(VAL))
+    cfg = sft_config(model_path=str(tiny_model_dir), train_file=str(tmp_path / "nope.jsonl"), val_file=str(VAL))
     with pytest.raises(UserError, match="^--train_file " + re.escape(f"{tmp_path}/nope.jsonl: data file not found")):
         run_training(cfg)
 
 
 def test_a_missing_tracker_package_is_named_with_its_pip_line(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(train_checks, "_installed", lambda package: package != "swanlab")
-    cfg = TrainConfig(model_path=str(tiny_model_dir), train_file=str(TRAIN), val_file=str(VAL),
+    cfg = sft_config(model_path=str(tiny_model_dir), train_file=str(TRAIN), val_file=str(VAL),
                       report_to="tensorboard,swanlab")
     with pytest.raises(UserError, match=r"^--report_to swanlab: the swanlab package is not installed "
                                         r"\(pip install swanlab\), or use --report_to none$"):
@@ -111,7 +111,7 @@ def test_outputs_without_the_think_format_are_refused_unless_allowed(tiny_model_
     lines[7] = json.dumps({"input": "问题", "output": "<think>\n推理\n</think>\n\n"}, ensure_ascii=False)  # no answer
     train = tmp_path / "train.jsonl"
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = TrainConfig(model_path=str(tiny_model_dir), train_file=str(train), val_file=str(VAL),
+    cfg = sft_config(model_path=str(tiny_model_dir), train_file=str(train), val_file=str(VAL),
                       output_dir=str(tmp_path / "out"), max_length=256)
     with pytest.raises(UserError, match=r"train.jsonl: 2 of 24 records have an output not in the think format "
                                         r".*\(first: record 4\).*--allow_no_think"):

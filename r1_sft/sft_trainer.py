@@ -1,0 +1,119 @@
+"""The Hugging Face Trainer with the project's loss, token-weighted eval_loss and a resumable shuffle."""
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import Trainer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .loss import DEFAULT_CHUNK_TOKENS, LossParts, model_loss, shifted_targets
+from .r1_format import IGNORE_INDEX
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """Wraps the Trainer's LengthGroupedSampler so its shuffle depends only on (seed, epoch).
+
+    The stock one draws from the global RNG, whose state at the start of a later epoch differs
+    between an uninterrupted run and one resumed from a checkpoint: the resumed run would see
+    other batches. Seeding per epoch makes ``--resume`` exact.
+    """
+
+    def __init__(self, inner, seed: int, current_epoch):
+        self.inner, self.seed, self.current_epoch = inner, seed, current_epoch
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        self.inner.generator = torch.Generator().manual_seed(self.seed + self.current_epoch())
+        return iter(self.inner)
+
+
+class SFTTrainer(Trainer):
+    """The Hugging Face Trainer with the project's loss, token-weighted eval_loss and a resumable shuffle.
+
+    Loss: cross-entropy over trained tokens through lm_head in chunks of ``loss_chunk_tokens``
+    positions (``r1_sft.loss``: no full-vocabulary logits). ``loss_chunk_tokens=0`` falls back to the
+    model's stock loss (full logits; for comparison), as does Liger-Kernel's fused linear
+    cross-entropy (``use_liger_kernel``), which patches the model's own forward.
+    ``eval_loss`` is the mean over every trained token of the validation set: the Trainer's own
+    averages batch means weighted by batch size, and counts a padding-free batch as one.
+    Subclass this for other losses (``distill.KDTrainer``).
+    """
+
+    def __init__(self, *args, loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_chunk_tokens = loss_chunk_tokens
+        # [ce_sum, kl_sum, tokens] since the last log, per mode; kept on the device (no sync per step)
+        self._loss_sums = {mode: torch.zeros(3, dtype=torch.float64, device=self.args.device)
+                           for mode in ("train", "eval")}
+        self._has_kl = {"train": False, "eval": False}
+
+    @property
+    def uses_stock_loss(self) -> bool:
+        return self.loss_chunk_tokens <= 0 or bool(self.args.use_liger_kernel)
+
+    def loss_parts(self, model, inputs, num_items_in_batch, mode: str) -> LossParts:
+        """This batch's loss and its sums; ``KDTrainer`` adds the teacher."""
+        return model_loss(model, inputs, chunk_tokens=self.loss_chunk_tokens, num_items_in_batch=num_items_in_batch,
+                          head_model=self.accelerator.unwrap_model(model))
+
+    def token_mean_loss(self, ce_sum: float, kl_sum: float, tokens: float) -> float:
+        """The loss as a mean over trained tokens, from the summed parts (eval_loss)."""
+        return ce_sum / tokens
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        if self.uses_stock_loss:
+            loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            if mode == "eval":  # num_items_in_batch is None here: loss is this batch's per-token mean
+                tokens = int((shifted_targets(inputs["labels"], inputs.get("shift_labels")) != IGNORE_INDEX).sum())
+                self._add_sums(mode, loss.detach().float() * tokens, None, tokens)
+            return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
+        parts = self.loss_parts(model, inputs, num_items_in_batch, mode)
+        loss = parts.loss
+        # Same scaling as Trainer.compute_loss: the denominator counted tokens on all processes,
+        # and DDP averages gradients over processes.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        self._add_sums(mode, parts.ce_sum, parts.kl_sum, parts.tokens)
+        return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
+
+    def _add_sums(self, mode: str, ce_sum: torch.Tensor, kl_sum: torch.Tensor | None, tokens: int) -> None:
+        kl = kl_sum if kl_sum is not None else torch.zeros_like(ce_sum)
+        self._loss_sums[mode] += torch.stack([ce_sum, kl, ce_sum.new_tensor(tokens)]).to(self._loss_sums[mode])
+        self._has_kl[mode] |= kl_sum is not None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        self._loss_sums["eval"].zero_()
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        ce, kl, tokens = sum_over_processes(self._loss_sums["eval"]).tolist()
+        if tokens > 0:
+            output.metrics[f"{metric_key_prefix}_loss"] = self.token_mean_loss(ce, kl, tokens)
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            self._loss_sums["train"].zero_()  # plain SFT logs the Trainer's own loss; KDTrainer adds its parts
+        super().log(logs, start_time)
+
+    def _get_train_sampler(self, train_dataset=None):
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            # state.epoch is a float that reaches exactly k.0 at the end of epoch k-1 (and on resume).
+            sampler = EpochSeededSampler(sampler, seed, lambda: int(math.floor((self.state.epoch or 0) + 1e-6)))
+        return sampler
+
+
+def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """All-reduce (sum) a small tensor over DDP processes; the tensor itself when not distributed."""
+    tensor = values.clone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.cpu()
+
