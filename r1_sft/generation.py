@@ -234,13 +234,14 @@ def generate_responses(model, tokenizer, conversations: Sequence[Sequence[dict]]
     return generate_with_stats(model, tokenizer, conversations, decoding, batch_size=batch_size, **values)[0]
 
 
-def load_for_generation(path, *, use_4bit: bool = False, label: str = ""):
-    """``(model, tokenizer)`` ready to generate: ``modeling.load_model``, an adapter folded into its base
-    (never into 4-bit weights), and one line when a QLoRA adapter runs on another base precision."""
+def load_for_generation(path, *, use_4bit: bool = False, label: str = "", **load_options):
+    """``(model, tokenizer)`` ready to generate: ``modeling.load_model`` (``load_options`` passed on, e.g.
+    ``precision``, ``device``), an adapter folded into its base (never into 4-bit weights), and one line
+    when a QLoRA adapter runs on another base precision than the one it was trained on."""
     from .modeling import load_model, resolve_model_folder
     from .run_info import adapter_base_note
 
-    model, tokenizer = load_model(path, use_4bit=use_4bit)
+    model, tokenizer = load_model(path, use_4bit=use_4bit, **load_options)
     head = f"[{label}] " if label else ""
     note = adapter_base_note(resolve_model_folder(path), use_4bit, next(model.parameters()).dtype)
     if note:
