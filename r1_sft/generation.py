@@ -282,7 +282,9 @@ def generate_with_vllm(model_paths: dict[str, str], conversations: Sequence[Sequ
     own (one seed for the engine and the request), so its samples differ from the Hugging Face path's.
 
     Several GPUs: vLLM shards one engine over ``tensor_parallel_size`` GPUs of this machine (its own
-    tensor parallelism) and batches every prompt itself; it runs as one process, never under torchrun.
+    tensor parallelism, ``--tensor_parallel_size``) and batches every prompt itself; it runs as one
+    process, never under torchrun. A copy of the model per GPU (data parallelism) is vLLM's server
+    option (``vllm serve DIR --data-parallel-size N``), not this offline engine's; neither is run here.
     """
     import gc
     import json
