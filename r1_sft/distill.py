@@ -148,18 +148,21 @@ class KDTrainer(SFTTrainer):
 
 # ----------------------------------------------------------------------------- teacher loading
 
-def load_teacher(teacher_path: str | Path, student_tokenizer, student_path, *, use_4bit: bool):
+def load_teacher(teacher_path: str | Path, student_tokenizer, student_path, *, use_4bit: bool,
+                 precision: str = "auto", device: str = "auto"):
     """Check the teacher's tokenizer against the student's (cheap, first), then load it frozen.
 
-    Returns ``(teacher_model, kl_vocab)``; ``kl_vocab`` = the tokenizer's size.
+    Returns ``(teacher_model, kl_vocab)``; ``kl_vocab`` = the tokenizer's size. The teacher runs in
+    the student's ``--precision`` (its inference dtype) on the student's device.
     """
-    from .modeling import load_model, load_tokenizer
+    from .modeling import load_model, load_tokenizer, pick_device
 
     if not str(teacher_path).strip():
         raise UserError("--use_teacher_logits needs --teacher_model_path (a teacher sharing the student's "
                         "tokenizer, e.g. model/deepseek_ai/DeepSeek-R1-Distill-Qwen-7B)")
     teacher_tokenizer = load_tokenizer(teacher_path, padding_side="right")
     check_same_tokenizer(student_tokenizer, teacher_tokenizer, student_path, teacher_path)
-    teacher, _ = load_model(teacher_path, use_4bit=use_4bit, for_training=False)
+    teacher, _ = load_model(teacher_path, use_4bit=use_4bit, for_training=False, device=pick_device(device),
+                            precision=precision)
     teacher.requires_grad_(False)
     return teacher, len(student_tokenizer)

@@ -34,7 +34,8 @@ every sequence ``max_length`` long; padding-free batches hold the same count of 
   it saves, the gradient arriving from the NLL, the gradient it produces), 12 bytes per logit.
   Stock (full-vocabulary) loss: every position, ``B*T x vocab`` logits: 15 GB for the 1.5B at
   4 x 2048. Chunked loss (``loss_chunk_tokens``): one chunk's logits, ``chunk x vocab``, whatever the
-  batch, plus the gathered hidden states of the trained positions and their gradient. The loss
+  batch, plus the gathered hidden states of the trained positions and their gradient (the fused loss
+  computes it in the forward pass and keeps it for backward; no second lm_head pass). The loss
   peak (start of backward) and the recomputed layer (later) do not coincide: the larger counts.
 * **overhead**: a fixed 1.0 GB for the CUDA context, cuBLAS workspaces and allocator slack (the
   CUDA context is not in ``torch.cuda.max_memory_allocated``; ``allocated_gb`` leaves it out).
@@ -212,12 +213,14 @@ def estimate(shape: ModelShape, *, batch_size: int, max_length: int, use_4bit: b
         dequant = 2 * max(i * o for i, o in shape.linear_shapes().values()) * d if use_4bit else 0
         layer_backward = tokens * (per_layer + grads) + dequant
     else:
-        # The chunked loss asks for output_hidden_states: every layer's output stays referenced.
-        stash = tokens * (L * per_layer + h * d + head_io + (L * h * d if loss_chunk_tokens > 0 else 0))
+        # The fused chunked loss takes the last hidden states from a decoder hook: no other layer's output is kept.
+        stash = tokens * (L * per_layer + h * d + head_io)
         layer_backward = 0
     if loss_chunk_tokens > 0:
         trained = int(tokens * trained_fraction)
-        loss = min(loss_chunk_tokens, trained) * V * LOSS_BYTES_PER_LOGIT + trained * h * (d + 4)
+        # One chunk's logits in flight; the trained positions' hidden states and their gradient (computed
+        # in the forward pass, kept for backward), both in the forward's dtype.
+        loss = min(loss_chunk_tokens, trained) * V * LOSS_BYTES_PER_LOGIT + trained * h * 2 * d
     else:
         loss = tokens * V * LOSS_BYTES_PER_LOGIT
 

@@ -2,13 +2,24 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .cli import UserError
 from .loss import DEFAULT_CHUNK_TOKENS, LossParts, model_loss, shifted_targets
+from .paths import display_path
 from .r1_format import IGNORE_INDEX
+from .run_outputs import complete_checkpoints
+
+# Optimizer steps in a row with a non-finite loss or gradient norm before the run stops.
+NONFINITE_STEPS = 3
+
+
+class NonFiniteLossError(UserError):
+    """The loss or gradient norm stayed NaN/inf: training stops with one line, its good checkpoints kept."""
 
 
 class EpochSeededSampler(torch.utils.data.Sampler):
@@ -49,6 +60,8 @@ class SFTTrainer(Trainer):
         self._loss_sums = {mode: torch.zeros(3, dtype=torch.float64, device=self.args.device)
                            for mode in ("train", "eval")}
         self._has_kl = {"train": False, "eval": False}
+        self._nonfinite_now = False  # a micro-batch of the current optimizer step had a NaN/inf loss
+        self._nonfinite_steps = 0  # optimizer steps in a row that were not finite
 
     @property
     def uses_stock_loss(self) -> bool:
@@ -79,6 +92,45 @@ class SFTTrainer(Trainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         self._add_sums(mode, parts.ce_sum, parts.kl_sum, parts.tokens)
         return (loss, CausalLMOutputWithPast(loss=loss)) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The Trainer reads this value on the host every step anyway (logging_nan_inf_filter), then
+        # logs the running mean in place of a NaN: without this check nobody would ever see it.
+        if not bool(torch.isfinite(loss).all()):
+            self._nonfinite_now = True
+        return loss
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        """Called once per optimizer step: the non-finite guard, then the Trainer's log/evaluate/save."""
+        bad_norm = (grad_norm is not None and not math.isfinite(float(grad_norm))
+                    and not self.accelerator.optimizer_step_was_skipped)  # an fp16 scaler skip is no harm
+        bad = self._on_any_process(self._nonfinite_now or bad_norm)
+        self._nonfinite_now = False
+        if bad:
+            self._nonfinite_steps += 1
+            # Weights after a non-finite step may be spoiled: never checkpoint or score them.
+            self.control.should_save = self.control.should_evaluate = False
+            if self._nonfinite_steps >= NONFINITE_STEPS:
+                raise NonFiniteLossError(self._nonfinite_message())
+        else:
+            self._nonfinite_steps = 0
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _on_any_process(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        return bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.args.device), "sum") > 0)
+
+    def _nonfinite_message(self) -> str:
+        step = self.state.global_step
+        precision = "bf16 mixed precision" if self.args.bf16 else "fp16 mixed precision" if self.args.fp16 else "fp32"
+        saved = complete_checkpoints(Path(self.args.output_dir))
+        kept = (f"the last good checkpoint is {display_path(saved[-1])} (--resume continues from it)" if saved
+                else "no checkpoint was saved before it")
+        return (f"training stopped at step {step}: the loss or gradient norm was NaN/inf for {NONFINITE_STEPS} "
+                f"steps in a row under {precision}; {kept}. Try --precision fp32 (or bf16 on a GPU that has it) "
+                f"or a lower --learning_rate (now {self.args.learning_rate:g})")
 
     def _add_sums(self, mode: str, ce_sum: torch.Tensor, kl_sum: torch.Tensor | None, tokens: int) -> None:
         kl = kl_sum if kl_sum is not None else torch.zeros_like(ce_sum)

@@ -28,7 +28,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from .batching import TokenStatsCallback, make_collator
 from .cli import UserError
 from .jsonl_io import write_jsonl
-from .lora import setup_lora_model
+from .lora import setup_lora_model, target_modules
 from .modeling import pick_device
 from .paths import display_path, repo_path
 from .run_info import save_run_info
@@ -77,18 +77,38 @@ def memory_plan(cfg: TrainConfig, longest: int) -> str:
     return describe(est, gpu_memory_gb=cfg.gpu_memory_gb or None, shape=shape)
 
 
+def lora_targets(cfg: TrainConfig) -> list[str]:
+    """The module names LoRA will wrap: the continued adapter's own, else --lora_target_modules."""
+    import json
+
+    from .modeling import ADAPTER_CONFIG, resolve_model_folder
+
+    folder = resolve_model_folder(cfg.model_path)
+    if folder.adapter_path is not None:
+        targets = json.loads((folder.adapter_path / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("target_modules")
+        return [targets] if isinstance(targets, str) else list(targets or [])
+    spec = target_modules(cfg.lora_target_modules)
+    return [spec] if isinstance(spec, str) else spec
+
+
 def check_loss_settings(cfg: TrainConfig) -> None:
     """The loss switches, checked before anything loads."""
     if cfg.loss_chunk_tokens < 0:
         raise UserError(f"--loss_chunk_tokens {cfg.loss_chunk_tokens}: must be >= 0 (0 = the stock full-logits loss)")
-    if cfg.use_liger_kernel:
-        import importlib.util
+    if not cfg.use_liger_kernel:
+        return
+    if "lm_head" in lora_targets(cfg):
+        # Liger's fused loss multiplies by lm_head.weight itself: an adapter on lm_head would get no gradient.
+        raise UserError("--use_liger_kernel: LoRA targets lm_head, whose adapter Liger's fused loss would silently "
+                        "leave untrained; drop lm_head from --lora_target_modules or use the default chunked loss")
+    import importlib.util
 
-        if not torch.cuda.is_available():
-            raise UserError("--use_liger_kernel: Liger-Kernel runs on CUDA GPUs only (on this machine the chunked "
-                            "loss, the default, keeps the memory down)")
-        if importlib.util.find_spec("liger_kernel") is None:
-            raise UserError("--use_liger_kernel: the liger-kernel package is not installed (pip install liger-kernel)")
+    if not torch.cuda.is_available():
+        raise UserError("--use_liger_kernel: Liger-Kernel runs on CUDA GPUs only (on this machine the chunked "
+                        "loss, the default, keeps the memory down)")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise UserError("--use_liger_kernel: the liger-kernel package is not installed "
+                        "(pip install -r requirements-gpu.txt)")
 
 
 def build_training_args(cfg: TrainConfig, output_dir: Path, sampling_strategy: str) -> TrainingArguments:

@@ -95,7 +95,7 @@ def main(cfg: Config) -> None:
         run_training(cfg)
         return
     teacher, kl_vocab = load_teacher(cfg.teacher_model_path, student_tokenizer, cfg.model_path,
-                                     use_4bit=cfg.teacher_use_4bit)
+                                     use_4bit=cfg.teacher_use_4bit, precision=cfg.precision, device=cfg.device)
     when = "every step" if cfg.lambda_kl > 0 else "evaluation only (lambda_kl=0: training is plain SFT)"
     print(f"[distill] token-level: loss = {1 - cfg.lambda_kl:g}·CE + {cfg.lambda_kl:g}·{cfg.kd_temperature:g}²·"
           f"KL(teacher ‖ student) over trained tokens; teacher runs {when}; KL over {kl_vocab} tokens in chunks "

@@ -10,8 +10,9 @@ import types
 import pytest
 import torch
 
-from conftest import sft_config
+from conftest import run_script, sft_config
 from r1_sft import modeling
+from r1_sft.cli import UserError
 from r1_sft.modeling import decide_precision, from_pretrained_kwargs, pick_dtype, resolve_model_folder
 from r1_sft.training import compute_precision
 
@@ -64,6 +65,37 @@ def test_a_model_too_large_for_fp32_on_a_t4_falls_back_to_fp16_and_says_so(gpu):
     plan = decide_precision("cuda", weight_bytes=seven_b)
     assert plan.inference == torch.float16 and "--use_4bit" in plan.reason
     assert decide_precision("cuda", weight_bytes=3 * GB).inference == torch.float32  # the 1.5B fits
+
+
+@pytest.mark.parametrize("requested, weights, trainer", [
+    ("bf16", torch.bfloat16, {"bf16": True, "fp16": False}),
+    ("fp16", torch.float16, {"bf16": False, "fp16": True}),
+    ("fp32", torch.float32, {"bf16": False, "fp16": False}),
+])
+def test_precision_flag_chooses_the_same_mode_on_a_cpu_and_on_an_a100(gpu, requested, weights, trainer):
+    """--precision X means the same weights and autocast everywhere: how the suite runs a GPU's numerics."""
+    on_cpu = decide_precision("cpu", requested=requested)
+    assert (on_cpu.train_weights, on_cpu.inference, on_cpu.name) == (weights, weights, requested)
+    assert compute_precision(requested, "cpu") == trainer
+    gpu("A100")
+    on_gpu = decide_precision("cuda", requested=requested)
+    assert (on_gpu.train_weights, on_gpu.trainer_bf16, on_gpu.trainer_fp16) == \
+        (on_cpu.train_weights, on_cpu.trainer_bf16, on_cpu.trainer_fp16)
+
+
+def test_bf16_on_a_gpu_without_it_and_unknown_names_are_one_line_errors(gpu):
+    gpu("T4")
+    with pytest.raises(UserError, match=r"--precision bf16: .*7\.5.*fp16"):
+        decide_precision("cuda", requested="bf16")
+    with pytest.raises(UserError, match="--precision 'bf17': use one of auto, bf16, fp16, fp32"):
+        decide_precision("cpu", requested="bf17")
+
+
+def test_training_refuses_a_bad_precision_before_loading(tiny_model_dir, tmp_path):
+    proc = run_script("scripts/train_stf_r1_train_val.py", "--model_path", tiny_model_dir, "--output_dir",
+                      tmp_path / "o", "--precision", "half")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --precision 'half': use one of auto, bf16, fp16, fp32"]
 
 
 def test_cpu_is_float32_everywhere(tiny_model_dir):

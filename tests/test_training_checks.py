@@ -231,3 +231,14 @@ def test_training_log_in_a_file_is_compact_lines_and_a_summary(tiny_model_dir, t
     assert {"train/loss", "eval/loss", "train/learning_rate"} <= set(scalars)
     info = json.loads((out / "training_logs/run_info.json").read_text())
     assert info["config"]["report_to"] == "tensorboard"
+
+
+def test_liger_with_lora_on_lm_head_is_refused_before_loading(tiny_model_dir, tmp_path):
+    """Liger's fused loss reads lm_head.weight directly: an adapter there would silently never train."""
+    proc = run_script("scripts/train_stf_r1_train_val.py", "--model_path", tiny_model_dir, "--train_file", TRAIN,
+                      "--val_file", VAL, "--output_dir", tmp_path / "out", "--use_liger_kernel",
+                      "--lora_target_modules", "q_proj,lm_head")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lm_head" in lines[0] and "--use_liger_kernel" in lines[0]
+    assert "[model] loaded" not in proc.stdout
