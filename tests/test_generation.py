@@ -136,3 +136,17 @@ def test_evaluation_chat_and_server_give_the_same_text(tiny_model_dir, tmp_path)
     message = response.choices[0].message
     assert (message.reasoning_content, message.content) == (evaluated.reasoning, evaluated.answer)
     assert response.usage.completion_tokens == prediction["new_tokens"]
+
+
+def test_chat_server_and_evaluation_share_generation_and_the_server_needs_no_terminal_chat():
+    import ast
+
+    def imports(module: str) -> set[str]:
+        tree = ast.parse((REPO / "r1_sft" / f"{module}.py").read_text(encoding="utf-8"))
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+    for module in ("chat", "serving", "evaluation"):
+        assert "generation" in imports(module), module
+    assert "chat" not in imports("serving") | imports("openai_api")  # no terminal-chat internals in the server
+    text = (REPO / "r1_sft" / "serving.py").read_text(encoding="utf-8")
+    assert ".generate(" not in text and "StoppingCriteria" not in text  # no generate call of its own
