@@ -3,11 +3,11 @@
 ``scripts/serve_model.py`` stays thin. The protocol (request checks, errors, response shapes) is
 ``openai_api.py``; this module runs it:
 
-* Generation is r1_sft/generation.py's, the chat's and the evaluation's: a batch of one
-  (``stream_reply``: the same decoding values, seeding, stop tokens and reasoning/answer streaming)
-  on worker threads, ``max_concurrency`` at a time on the one
-  model; up to ``max_queue`` more requests wait in line, and past that a request gets 429 with
-  Retry-After. A client that goes away (mid-stream or while waiting) sets its ``StopFlag``: the
+* Generation is the chat's and the evaluation's (``generation.stream_reply``, a batch of one: the
+  same decoding values, seeding, stop tokens and reasoning/answer streaming; a request's ``seed``
+  repeats its reply when generations run one at a time, the random generator being global) on
+  worker threads, ``max_concurrency`` at a time on the one model; up to ``max_queue`` more requests
+  wait in line, and past that a request gets 429 with Retry-After. A client that goes away (mid-stream or while waiting) sets its ``StopFlag``: the
   generation stops at the next token (a waiting one never starts) and its place frees.
 * Streamed as server-sent events: a role chunk, ``reasoning_content`` deltas, then ``content``
   deltas, a chunk with the finish reason, a usage chunk when ``stream_options.include_usage``, and
