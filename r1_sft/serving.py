@@ -7,8 +7,9 @@
   same decoding values, seeding, stop tokens and reasoning/answer streaming; a request's ``seed``
   repeats its reply when generations run one at a time, the random generator being global) on
   worker threads, ``max_concurrency`` at a time on the one model; up to ``max_queue`` more requests
-  wait in line, and past that a request gets 429 with Retry-After. A client that goes away (mid-stream or while waiting) sets its ``StopFlag``: the
-  generation stops at the next token (a waiting one never starts) and its place frees.
+  wait in line, and past that a request gets 429 with Retry-After. A client that goes away
+  (mid-stream or while waiting) sets its ``StopFlag``: the generation stops at the next token (a
+  waiting one never starts) and its place frees.
 * Streamed as server-sent events: a role chunk, ``reasoning_content`` deltas, then ``content``
   deltas, a chunk with the finish reason, a usage chunk when ``stream_options.include_usage``, and
   ``data: [DONE]``.
