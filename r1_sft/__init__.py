@@ -8,7 +8,9 @@ Modules, by concern:
   jsonl_io         atomic writes, JSONL reading
   records, splits  data stage: validate and normalise both sources, rejects, dedup, stratified splits
   r1_format        the R1 think format: SFT targets, prompts, training encoding, output parsing
-  tiny_model       the offline stand-in: the real R1 tokenizer, 151,936 rows, brief plain-text pre-training
+  tiny_model       the offline stand-in: the real R1 tokenizer, 151,936 rows, brief plain-text pre-training;
+                   random models of the real 1.5B shape (benchmarks, the GPU check)
+  hardware         is the GPU usable: a visible GPU that torch cannot use is a one-line error naming the fix
   modeling         the one loader (base / adapter / merged), the one precision decision (--precision, --device), merging
   batching         padded or padding-free collators, token and padding statistics
   loss             the chunked training loss for SFT and distillation (no full-vocabulary logits)

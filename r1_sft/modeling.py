@@ -107,22 +107,32 @@ def load_tokenizer(path: str | Path, padding_side: str = "left", trust_remote_co
     return tokenizer
 
 
+DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
 def pick_device(requested: str = "auto") -> str:
-    """``cuda:<LOCAL_RANK>`` under torchrun, ``cuda`` on a GPU machine, else ``cpu``; ``"cpu"`` forces the CPU."""
+    """The device a stage runs on: ``cuda`` (``cuda:<LOCAL_RANK>`` under torchrun) or ``cpu``.
+
+    ``auto``: the GPU when torch can use it, the CPU when the machine has none; a GPU that the
+    machine shows but torch cannot use (driver too old for the torch build, no kernels for its
+    compute capability) is a one-line UserError (``hardware.usable_cuda``), never a silent fall
+    back to days of fp32 on the CPU. ``cpu``: the CPU, GPU or not (the user's explicit choice).
+    ``cuda``: the GPU, or a one-line error saying why not.
+    """
     if requested not in DEVICES:
         raise UserError(f"--device {requested!r}: use one of {', '.join(DEVICES)}")
     if requested == "cpu":
         return "cpu"
-    if torch.cuda.is_available():
-        local_rank = os.environ.get("LOCAL_RANK")
+    from .hardware import usable_cuda
+
+    local_rank = os.environ.get("LOCAL_RANK")
+    if usable_cuda(int(local_rank) if local_rank is not None else 0):
         return f"cuda:{int(local_rank)}" if local_rank is not None else "cuda"
     if requested == "cuda":
-        raise UserError("--device cuda: torch sees no usable CUDA GPU on this machine (--device cpu to train on the CPU)")
+        raise UserError("--device cuda: this machine shows no NVIDIA GPU (no nvidia-smi, no /proc/driver/nvidia); "
+                        "use --device auto or --device cpu")
     return "cpu"
-
-
-DEVICES = ("auto", "cuda", "cpu")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -205,11 +215,34 @@ def weights_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-def pick_attn_implementation(device: str | torch.device) -> str:
-    """flash_attention_2 on CUDA when the flash_attn package is installed, else PyTorch SDPA."""
-    if torch.device(device).type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def pick_attn_implementation(device: str | torch.device, dtype: torch.dtype | None = None) -> str:
+    """``flash_attention_2`` where FlashAttention 2 can run, else PyTorch SDPA.
+
+    FA2 runs only on CUDA GPUs of compute capability >= 8.0 (A100, L4, RTX 30/40, H100: not T4 or
+    V100), only on bf16/fp16 tensors, and only with the flash-attn 2 package installed (PyPI has it
+    as a source package only). ``dtype`` None (not known yet) counts as not half precision.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or dtype not in HALF_DTYPES:
+        return "sdpa"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index)[0] < 8 or not _flash_attn_2_installed():
+        return "sdpa"
+    return "flash_attention_2"
+
+
+def _flash_attn_2_installed() -> bool:
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flash-attn").split(".")[0] == "2"  # flash-attn 3 is another package (flash_attn_interface)
+    except PackageNotFoundError:
+        return False
 
 
 def _as_dtype(dtype) -> torch.dtype | None:
@@ -228,7 +261,7 @@ def from_pretrained_kwargs(folder: ModelFolder, *, use_4bit: bool, for_training:
                            precision: str = "auto") -> dict:
     """``from_pretrained`` arguments: dtype (and 4-bit compute dtype) from the one precision decision."""
     dtype = _as_dtype(dtype) or pick_dtype(device, for_training, weights_size(folder.base_path), precision)
-    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation or pick_attn_implementation(device),
+    kwargs = dict(dtype=dtype, attn_implementation=attn_implementation or pick_attn_implementation(device, dtype),
                   use_safetensors=True, trust_remote_code=trust_remote_code, device_map={"": device})
     if use_4bit:
         from transformers import BitsAndBytesConfig

@@ -1,4 +1,4 @@
-"""An offline, deterministic, tiny stand-in for DeepSeek-R1-Distill-Qwen-1.5B.
+"""An offline, deterministic, tiny stand-in for DeepSeek-R1-Distill-Qwen-1.5B (and random models of its real shape).
 
 It carries the real model's parts and traps (shared FACTS) so that code passing the tests here works
 on the real model:
@@ -27,6 +27,9 @@ questions): 500 steps (lm_loss 4.3) or 1,000 steps at lr 1e-2 (3.6) gave think_c
 1,500 steps at lr 6e-3 (2.0) 0.12, 2,000 steps at 5e-3 0.50. It memorised every sample text,
 validation answers included: its ROUGE says nothing about generalisation, only that the pipeline
 works.
+
+:func:`build_random_model` writes an untrained model of any Qwen2 shape (default the real 1.5B's)
+with the same tokenizer: the real model's speed and memory, offline, for benchmarks and the GPU check.
 
 Pre-training cost: the corpus uses about 4,200 of the 151,936 token ids. Pre-training runs on a
 compact output layer: one row per used token (and per added token) plus one shared row standing
@@ -67,6 +70,12 @@ R1_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
 REAL_VOCAB_ROWS = 151936  # embedding and lm_head rows of every R1-Distill-Qwen model
 REAL_MAX_POSITIONS = 131072  # config.json max_position_embeddings
 REAL_MODEL_MAX_LENGTH = 16384  # tokenizer_config.json model_max_length
+# DeepSeek-R1-Distill-Qwen-1.5B's architecture (config.json), for random models of the real cost.
+REAL_1_5B_ARCH = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                      intermediate_size=8960, vocab_size=REAL_VOCAB_ROWS)
+# A random model small enough for CPU smoke runs, with the real vocabulary (pad and EOS ids are 151643).
+TINY_RANDOM_ARCH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=128, vocab_size=REAL_VOCAB_ROWS)
 
 # The project's own sample corpus (committed sample data), relative to the repository root.
 # The teacher samples by name: generated files (004.jsonl and its rejects) never change the stand-in.
@@ -166,6 +175,35 @@ def load_r1_tokenizer(tokenizer_adds_bos: bool = False):
         write_tokenizer(tmp, tokenizer_adds_bos)
         (Path(tmp) / "config.json").write_text(json.dumps({"model_type": "qwen2"}), encoding="utf-8")
         return AutoTokenizer.from_pretrained(tmp)
+
+
+def build_random_model(out_dir: str | Path, arch: dict | None = None, seed: int = 0) -> Path:
+    """A randomly initialised bf16 ``Qwen2ForCausalLM`` of ``arch`` (default: the real 1.5B's) with R1's tokenizer.
+
+    Untrained: it costs what the real model costs (speed, memory) and says nothing useful, which is
+    all a benchmark or a GPU check needs, offline. Built on the GPU when there is one (1.8B weights
+    initialise slowly on a CPU); written as a model folder with the real generation config.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out_dir = repo_path(out_dir)
+    config = Qwen2Config(**(arch or REAL_1_5B_ARCH), tie_word_embeddings=False,
+                         max_position_embeddings=REAL_MAX_POSITIONS, rope_theta=10000.0, rms_norm_eps=1e-6,
+                         use_sliding_window=False, bos_token_id=FIRST_ADDED_ID, eos_token_id=FIRST_ADDED_ID,
+                         initializer_range=0.02)
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    bos_id = FIRST_ADDED_ID + [t for t, _ in R1_ADDED_TOKENS].index(BOS_TOKEN)
+    model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=FIRST_ADDED_ID, do_sample=True,
+                                               temperature=0.6, top_p=0.95)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    write_tokenizer(out_dir)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out_dir
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def _train(tiny_model_dir, tmp_path, name: str, precision: str, *extra: str, scr
     out = tmp_path / name
     proc = run_script(script, "--model_path", tiny_model_dir, "--train_file", TRAIN,
                       "--val_file", _small_val(tmp_path), "--output_dir", out, "--max_length", "192",
-                      "--max_steps", "2", "--eval_steps", "1", "--save_steps", "1", "--logging_steps", "1",
+                      "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1",
                       "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "3",
                       "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3", "--precision", precision,
                       "--lora_target_modules", "q_proj,v_proj,lm_head", *extra, env=ONE_THREAD)
@@ -125,7 +125,7 @@ def _assert_trained(out, log: str, precision: str, four_bit: bool):
     assert f"(cpu, {DTYPE_NAME[precision]}{quant}," in log  # the weights a GPU would train
     history = [json.loads(line) for line in (out / "training_logs/log_history.jsonl").read_text().splitlines()]
     losses = [h["loss"] for h in history if "loss" in h] + [h["eval_loss"] for h in history if "eval_loss" in h]
-    assert len(losses) >= 4 and all(math.isfinite(v) for v in losses), losses
+    assert len(losses) >= 3 and all(math.isfinite(v) for v in losses), losses  # 2 steps, 1 evaluation
     adapter = load_file(out / "final_model/adapter_model.safetensors")
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
     assert lora_b and all(torch.isfinite(t.float()).all() for t in adapter.values())
@@ -140,7 +140,7 @@ def test_qlora_with_the_default_loss_trains_evaluates_and_resumes(tiny_model_dir
     _assert_trained(out, log, precision, four_bit=True)
     resumed = run_script(SFT, "--model_path", tiny_model_dir, "--train_file", TRAIN, "--val_file",
                          _small_val(tmp_path), "--output_dir", out, "--max_length", "192", "--max_steps", "3",
-                         "--eval_steps", "1", "--save_steps", "1", "--per_device_train_batch_size", "2",
+                         "--eval_steps", "3", "--save_steps", "3", "--per_device_train_batch_size", "2",
                          "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3", "--precision", precision,
                          "--lora_target_modules", "q_proj,v_proj,lm_head", "--resume", env=ONE_THREAD)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
