@@ -4,7 +4,7 @@ Modules, by concern:
   library_output   library chatter silenced once, here, before any library is imported
   paths, cli       path resolution (typed: current folder; defaults: repo root); constants dataclass -> flags,
                    one-line user errors
-  run_info         resolved config, library versions and git commit saved beside outputs
+  run_info         resolved config, library versions and git commit saved beside outputs (and read back: QLoRA or not)
   jsonl_io         atomic writes, JSONL reading
   records, splits  data stage: validate and normalise both sources, rejects, dedup, stratified train/val/test splits
   r1_format        the R1 think format: SFT targets, prompts, training encoding, output parsing
@@ -27,14 +27,17 @@ Modules, by concern:
   grpo, grpo_data, rewards   GRPO after SFT on TRL's GRPOTrainer: MCQ prompts, verifiable rewards (accuracy,
                    format, over-length) with case tables; grpo_memory (its GPU memory estimate)
   memory_estimate  peak GPU memory of a training run, from config.json
-  decoding         R1 decoding defaults shared by test_model, compare and evaluation
-  generation       batched, left-padded generation with throughput (optional vLLM backend)
+  decoding         the R1 decoding protocol: values, top-k off, seed + batch index (evaluation, chat, server)
+  generation       the one generation path: batched/left-padded or streamed (reasoning apart), stop on
+                   request, torchrun sharding, loading for generation (optional vLLM backend)
   metrics, mcq     Chinese metrics (ROUGE on jieba words without punctuation, BLEU-4 zh, format, repetition);
                    the multiple-choice answer reader
   benchmarks       CMB-Exam, CMExam, MedQA-MCMLE and the project's MCQ files; the one MCQ user turn
   mcq_split        MCQ data stage: any benchmark shape -> leakage-free train / val / test, rejects by reason
-  evaluation, eval_report   base vs tuned (vs tuned2) on held-out questions; tables, report, chart
-  chat             the terminal chat (streaming, history without reasoning, saved conversations)
+  evaluation, eval_report   base vs tuned (vs tuned2) on held-out questions (one process or torchrun); tables,
+                   report, chart
+  conversation     a chat's settings, history without reasoning and context window (trimming)
+  chat_store, chat saved conversations (save/load); the terminal chat (commands, streaming output)
   serving, openai_api       the OpenAI-compatible server in DeepSeek's reasoning shape
   teacher_api, teacher_store   teacher generation from DeepSeek-R1 / vLLM: client, retries, resumable output
 """

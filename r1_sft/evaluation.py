@@ -17,20 +17,29 @@ single question, scripts/compare.py. Output folder ``OUTPUT_DIR/RUN_NAME/``:
 
 Decoding (r1_sft/decoding.py): DeepSeek's protocol by default -- sampling at T=0.6, top_p=0.95,
 a fixed seed, ``n_samples`` samples per question, up to 4,096 new tokens; greedy with
-``--no_do_sample``.
+``--no_do_sample``. Generation is r1_sft/generation.py's, the same as the chat's and the server's.
+
+Several processes: ``torchrun --nproc_per_node N scripts/evaluate_model.py ...`` deals the batches
+(formed over all questions, each seeded by its global index) to the processes and gathers them;
+rank 0 writes the one report, identical to a one-process run's in float32 (tokens/s aside), and the
+other ranks write and print nothing. The vLLM backend runs as one process and spans several GPUs
+with its own tensor parallelism (``--tensor_parallel_size``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 from .cli import UserError, path_field
-from .decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES, SEED, TEMPERATURE, TOP_P, check_decoding, describe
+from .decoding import (DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES, SEED, TEMPERATURE, TOP_P, Decoding, check_decoding,
+                       describe)
 from .eval_report import render_report, render_table, write_chart, write_csv
 from .generation import Generation, GenerationStats, generate_with_stats
 from .jsonl_io import atomic_write_text, read_jsonl, write_jsonl
@@ -63,8 +72,9 @@ class EvalConfig:
     temperature: float = TEMPERATURE  # sampling temperature (DeepSeek's advice for R1: 0.6)
     top_p: float = TOP_P  # nucleus sampling mass (DeepSeek's advice for R1: 0.95)
     seed: int = SEED  # random seed (sampling; also the vLLM engine's)
-    use_4bit: bool = False  # load the models in 4-bit NF4 (less memory, slower; the adapter then stays unmerged)
-    backend: str = "hf"  # hf: transformers generate; vllm: vLLM engine (GPU, if installed)
+    use_4bit: bool = False  # load the models in 4-bit NF4 (less memory, slower; the adapter then stays unmerged); scores a QLoRA adapter on the 4-bit base it was trained on
+    backend: str = "hf"  # hf: transformers generate (several processes: torchrun); vllm: vLLM engine (GPU, if installed; one process)
+    tensor_parallel_size: int = 1  # vllm backend: GPUs one engine shards the model over (vLLM's own tensor parallelism)
     output_dir: str = "scripts/compare/evaluation_results"  # results go to OUTPUT_DIR/RUN_NAME/
     run_name: str = ""  # "" = UTC timestamp, e.g. 20260101-120000
     num_examples: int = 3  # example answers shown in report.md
@@ -159,6 +169,9 @@ def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend}: unknown backend (use {' or '.join(BACKENDS)})")
     if backend == "vllm":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("--backend vllm under torchrun: vLLM runs as one process and spans GPUs itself "
+                            "(--tensor_parallel_size N); run it with plain python, or use --backend hf under torchrun")
         from .generation import vllm_available
 
         if not vllm_available():
@@ -171,34 +184,29 @@ def check_backend(backend: str) -> None:
 def generate_all(model_paths: dict[str, str], user_texts: Sequence[str], *, max_new_tokens: int = MAX_NEW_TOKENS,
                  batch_size: int = 16, do_sample: bool = DO_SAMPLE, temperature: float = TEMPERATURE,
                  top_p: float = TOP_P, seed: int = SEED, n_samples: int = N_SAMPLES, use_4bit: bool = False,
-                 backend: str = "hf") -> dict[str, tuple[list[list[Generation]], GenerationStats]]:
+                 backend: str = "hf", tensor_parallel_size: int = 1
+                 ) -> dict[str, tuple[list[list[Generation]], GenerationStats]]:
     """Answer every user text ``n_samples`` times with every named model: same prompts and decoding,
     one model in memory at a time. Returns per name the sample runs (one Generation per text each)."""
     check_backend(backend)
     conversations = [[{"role": "user", "content": text}] for text in user_texts]
-    decoding = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
+    decoding = Decoding(max_new_tokens, do_sample, temperature, top_p, seed)
     if backend == "vllm":
         from .generation import generate_with_vllm
 
-        return generate_with_vllm(model_paths, conversations, seed=seed, n_samples=n_samples, **decoding)
+        return generate_with_vllm(model_paths, conversations, decoding, n_samples=n_samples,
+                                  tensor_parallel_size=tensor_parallel_size)
 
     import torch
-    from transformers import set_seed
 
-    from .modeling import load_model
+    from .generation import load_for_generation
 
     results = {}
     for name, path in model_paths.items():
         print(f"[{name}] loading {display_path(repo_path(path))}", flush=True)
-        model, tokenizer = load_model(str(repo_path(path)), use_4bit=use_4bit)
-        if hasattr(model, "merge_and_unload") and not use_4bit:
-            # LoRA layers add two small matmuls per adapted layer at every step; folded in, generation
-            # runs at the base model's speed. (Never into 4-bit weights: that would requantize them.)
-            model = model.merge_and_unload()
-            print(f"[{name}] adapter merged into the base weights in memory", flush=True)
-        set_seed(seed)
-        gens, stats = generate_with_stats(model, tokenizer, conversations * n_samples, batch_size=batch_size,
-                                          progress=True, label=f"[{name}]", **decoding)
+        model, tokenizer = load_for_generation(str(repo_path(path)), use_4bit=use_4bit, label=name)
+        gens, stats = generate_with_stats(model, tokenizer, conversations * n_samples, decoding,
+                                          batch_size=batch_size, progress=True, label=f"[{name}]")
         n = len(conversations)
         results[name] = ([gens[j * n:(j + 1) * n] for j in range(n_samples)], stats)
         print(f"[{name}] {stats.new_tokens} new tokens in {stats.seconds:.1f} s = {stats.tokens_per_s:.1f} tokens/s",
@@ -274,11 +282,10 @@ def score_file(path: str | Path, task: str = "sft") -> tuple[dict, Path]:
 
 
 def decoding_record(cfg: EvalConfig) -> dict:
-    """summary.json's "decoding": what produced the outputs."""
-    return {"do_sample": cfg.do_sample, "temperature": cfg.temperature if cfg.do_sample else None,
-            "top_p": cfg.top_p if cfg.do_sample else None, "top_k": None, "seed": cfg.seed,
-            "n_samples": cfg.n_samples, "max_new_tokens": cfg.max_new_tokens, "backend": cfg.backend,
-            "batch_size": cfg.batch_size}
+    """summary.json's "decoding": what produced the outputs (the sampling values as generate got them)."""
+    sampling = Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed).generate_kwargs()
+    return {**sampling, "seed": cfg.seed, "n_samples": cfg.n_samples, "max_new_tokens": cfg.max_new_tokens,
+            "backend": cfg.backend, "batch_size": cfg.batch_size}
 
 
 def data_record(cfg: EvalConfig, n: int) -> dict:
@@ -320,8 +327,24 @@ def _config_default(cfg, name: str):
     return None
 
 
+def start_processes() -> int:
+    """This process's rank under torchrun (the process group started: gloo on CPU, nccl on GPUs), else 0."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+
+    if not torch.distributed.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank()
+
+
 def run_evaluation(cfg: EvalConfig) -> Path | None:
-    """Score a file (``--score``) or evaluate base (and tuned) on DATA; returns the results folder."""
+    """Score a file (``--score``) or evaluate base (and tuned) on DATA; returns the results folder.
+
+    Under torchrun every process generates its share and rank 0 alone prints and writes the report.
+    """
     check_decoding(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                    batch_size=cfg.batch_size, n_samples=cfg.n_samples, num_samples=cfg.num_samples,
                    do_sample=cfg.do_sample)
@@ -333,6 +356,22 @@ def run_evaluation(cfg: EvalConfig) -> Path | None:
         print(f"[write] {display_path(out)}")
         return None
     check_backend(cfg.backend)
+    if cfg.tensor_parallel_size < 1:
+        raise UserError(f"--tensor_parallel_size {cfg.tensor_parallel_size}: must be at least 1")
+    rank = start_processes()
+    try:
+        with contextlib.ExitStack() as quiet:
+            if rank > 0:  # rank 0 speaks for the job; the others only generate their share
+                quiet.enter_context(contextlib.redirect_stdout(quiet.enter_context(open(os.devnull, "w"))))
+            return _evaluate(cfg, rank)
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch
+
+            torch.distributed.destroy_process_group()
+
+
+def _evaluate(cfg: EvalConfig, rank: int) -> Path | None:
     items = load_items(cfg.data, cfg.task, cfg.num_samples)
     model_paths = choose_models(cfg.base_model, cfg.adapter, _config_default(cfg, "adapter") or DEFAULT_ADAPTER,
                                 cfg.adapter2)
@@ -342,7 +381,9 @@ def run_evaluation(cfg: EvalConfig) -> Path | None:
     generated = generate_all(model_paths, [item.user_text for item in items], max_new_tokens=cfg.max_new_tokens,
                              batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature,
                              top_p=cfg.top_p, seed=cfg.seed, n_samples=cfg.n_samples, use_4bit=cfg.use_4bit,
-                             backend=cfg.backend)
+                             backend=cfg.backend, tensor_parallel_size=cfg.tensor_parallel_size)
+    if rank > 0:
+        return None
     predictions, summary = [], {"models": {}, "lengths": {}, "decoding": decoding_record(cfg),
                                 "data": data_record(cfg, len(items))}
     for name, (runs, stats) in generated.items():

@@ -9,8 +9,8 @@ Pure functions and small classes (no model, no web framework), used by ``serving
   data stage does with instructions (``build_user_text``).
 * ``completion_body`` answers with ``message.reasoning_content`` (the think block) apart from
   ``message.content`` (the answer), ``finish_reason`` ``stop``/``length``, and usage with
-  ``completion_tokens_details.reasoning_tokens``; ``DeltaStream`` cuts a token stream into
-  ``reasoning_content`` deltas, then ``content`` deltas.
+  ``completion_tokens_details.reasoning_tokens``; ``delta`` turns a streamed part (generation's
+  ``ReplyParts``: reasoning first, then answer) into a ``reasoning_content`` or ``content`` delta.
 * Errors are ``ApiError``: an HTTP status and OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
 """
 from __future__ import annotations
@@ -20,8 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from .chat import ThinkSplitter
-from .decoding import TEMPERATURE, TOP_P
+from .decoding import TEMPERATURE, TOP_P, Decoding
 from .r1_format import build_user_text, chat_messages, encode_prompt, parse_output
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -67,6 +66,10 @@ class CompletionRequest:
     seed: int | None = None
     stream: bool = False
     include_usage: bool = False
+
+    def decoding(self) -> Decoding:
+        """The generation values: temperature 0 = greedy; a seed makes the reply repeatable."""
+        return Decoding.from_temperature(self.temperature, self.top_p, self.max_tokens, self.seed, self.min_tokens)
 
 
 def _text_of(content, param: str, required: bool) -> str:
@@ -209,34 +212,9 @@ def completion_body(completion_id: str, created: int, model_name: str, prompt_to
             "usage": usage(prompt_tokens, completion)}
 
 
-class DeltaStream:
-    """Decoded text pieces -> ``{"reasoning_content": ...}`` then ``{"content": ...}`` deltas.
-
-    The cut at ``</think>`` is found even when the tag is split across pieces (``ThinkSplitter``);
-    the tag itself is in neither, and leading blank lines of each part are dropped.
-    """
-
-    def __init__(self) -> None:
-        self._splitter = ThinkSplitter()
-        self._started: set[str] = set()
-
-    def _deltas(self, parts: list[tuple[str, str]]) -> list[dict]:
-        deltas = []
-        for kind, text in parts:
-            key = "reasoning_content" if kind == "reasoning" else "content"
-            if key not in self._started:
-                text = text.lstrip()
-                if not text:
-                    continue
-                self._started.add(key)
-            deltas.append({key: text})
-        return deltas
-
-    def feed(self, text: str) -> list[dict]:
-        return self._deltas(self._splitter.feed(text))
-
-    def flush(self) -> list[dict]:
-        return self._deltas(self._splitter.flush())
+def delta(kind: str, text: str) -> dict:
+    """A streamed part (``"reasoning"`` or ``"answer"``) as DeepSeek's reasoner streams it."""
+    return {"reasoning_content" if kind == "reasoning" else "content": text}
 
 
 def sse(data: dict | str) -> str:

@@ -1,4 +1,4 @@
-"""The R1 think format, defined once: SFT targets, prompts, training encoding, output parsing.
+"""The R1 think format, defined once: SFT targets, prompts, training encoding, output parsing (also streamed).
 
 DeepSeek-R1 distills answer as ``<think>\\n{reasoning}\\n</think>\\n\\n{answer}<eos>``. Their chat
 template (see shared FACTS):
@@ -52,6 +52,37 @@ def parse_output(text: str) -> ParsedOutput:
         reasoning, _, answer = body.partition(THINK_CLOSE)
         return ParsedOutput(reasoning.strip(), answer.strip(), True)
     return ParsedOutput(body.strip(), "", False)
+
+
+class ThinkSplitter:
+    """Cut a text stream at ``</think>``: ``feed`` returns ``[("reasoning"|"answer", text), ...]``.
+
+    A chunk ending in a prefix of ``</think>`` (e.g. ``"</thi"``) is held back until the next chunk
+    decides, so the tag is found even when split across chunks and never shown as reasoning.
+    """
+
+    def __init__(self) -> None:
+        self.in_answer = False
+        self._held = ""
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        if self.in_answer:
+            return [("answer", text)] if text else []
+        buf = self._held + text
+        cut = buf.find(THINK_CLOSE)
+        if cut >= 0:
+            self.in_answer, self._held = True, ""
+            parts = [("reasoning", buf[:cut]), ("answer", buf[cut + len(THINK_CLOSE):])]
+            return [(kind, part) for kind, part in parts if part]
+        keep = next((k for k in range(min(len(THINK_CLOSE) - 1, len(buf)), 0, -1)
+                     if THINK_CLOSE.startswith(buf[-k:])), 0)
+        self._held = buf[len(buf) - keep:] if keep else ""
+        emit = buf[:len(buf) - keep]
+        return [("reasoning", emit)] if emit else []
+
+    def flush(self) -> list[tuple[str, str]]:
+        held, self._held = self._held, ""
+        return [("answer" if self.in_answer else "reasoning", held)] if held else []
 
 
 def chat_messages(history: Sequence[dict], user_text: str) -> list[dict]:

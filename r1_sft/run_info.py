@@ -1,4 +1,4 @@
-"""Record how an output was made: resolved config, library versions, git commit."""
+"""Record how an output was made (resolved config, library versions, git commit), and read it back for an adapter."""
 from __future__ import annotations
 
 import dataclasses
@@ -57,3 +57,45 @@ def save_run_info(cfg, path: str | Path) -> Path:
     path = Path(path)
     atomic_write_text(path, json.dumps(run_info(cfg), ensure_ascii=False, indent=2, default=str) + "\n")
     return path
+
+
+def recorded_config(folder: str | Path) -> dict | None:
+    """The config a training run recorded for the adapter in ``folder``: its own run_info.json, or the
+    run's ``training_logs/run_info.json`` one level up (a checkpoint-N folder); None when neither reads."""
+    folder = Path(folder)
+    for path in (folder / "run_info.json", folder.parent / "training_logs" / "run_info.json"):
+        try:
+            config = json.loads(path.read_text(encoding="utf-8")).get("config")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(config, dict):
+            return config
+    return None
+
+
+def adapter_base_note(folder, use_4bit: bool, dtype, action: str = "runs on",
+                      hint: str = "; --use_4bit runs it on the 4-bit base as trained") -> str | None:
+    """One line saying on which base precision an adapter runs, when its training recorded ``use_4bit``.
+
+    A QLoRA adapter is trained on the 4-bit NF4 base; evaluation, chat and serving run it on the
+    unquantized base (``dtype``) unless ``--use_4bit``, and merging always folds it into unquantized
+    weights: outputs then differ slightly from the model that was trained. ``folder`` is a
+    ``modeling.ModelFolder``; None for a base or merged folder, or when nothing was recorded.
+    """
+    from .paths import display_path
+
+    if folder.adapter_path is None:
+        return None
+    trained_4bit = (recorded_config(folder.adapter_path) or {}).get("use_4bit")
+    if not isinstance(trained_4bit, bool):
+        return None
+    name, weights = display_path(folder.adapter_path), str(dtype).removeprefix("torch.")
+    if trained_4bit and use_4bit:
+        return f"[precision] {name}: QLoRA adapter trained on the 4-bit NF4 base; {action} the 4-bit NF4 base as trained"
+    if trained_4bit:
+        return (f"[precision] {name}: QLoRA adapter trained on the 4-bit NF4 base; {action} the unquantized {weights} "
+                f"base, not the 4-bit one it was trained on (outputs differ slightly){hint}")
+    if use_4bit:
+        return (f"[precision] {name}: LoRA adapter trained on the unquantized base; {action} the 4-bit NF4 base "
+                f"(--use_4bit), not the one it was trained on")
+    return None

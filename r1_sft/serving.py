@@ -3,10 +3,13 @@
 ``scripts/serve_model.py`` stays thin. The protocol (request checks, errors, response shapes) is
 ``openai_api.py``; this module runs it:
 
-* Generation is batch-of-one ``generate`` on worker threads, ``max_concurrency`` at a time on the one
-  model; up to ``max_queue`` more requests wait in line, and past that a request gets 429 with
-  Retry-After. A client that goes away (mid-stream or while waiting) sets its ``StopFlag``: the
-  generation stops at the next token (a waiting one never starts) and its place frees.
+* Generation is the chat's and the evaluation's (``generation.stream_reply``, a batch of one: the
+  same decoding values, seeding, stop tokens and reasoning/answer streaming; a request's ``seed``
+  repeats its reply when generations run one at a time, the random generator being global) on
+  worker threads, ``max_concurrency`` at a time on the one model; up to ``max_queue`` more requests
+  wait in line, and past that a request gets 429 with Retry-After. A client that goes away
+  (mid-stream or while waiting) sets its ``StopFlag``: the generation stops at the next token (a
+  waiting one never starts) and its place frees.
 * Streamed as server-sent events: a role chunk, ``reasoning_content`` deltas, then ``content``
   deltas, a chunk with the finish reason, a usage chunk when ``stream_options.include_usage``, and
   ``data: [DONE]``.
@@ -29,16 +32,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
-from transformers import StoppingCriteriaList
 
-from .chat import StopFlag, _CallbackStreamer
 from .cli import UserError
-from .openai_api import (ApiError, Completion, CompletionRequest, DeltaStream, bad_request, check_api_key,
-                         completion_body, error_body, parse_request, sse, usage)
+from .generation import StopFlag, stream_reply
+from .openai_api import (ApiError, Completion, CompletionRequest, bad_request, check_api_key, completion_body,
+                         delta, error_body, parse_request, sse, usage)
 from .r1_format import THINK_CLOSE, parse_output
 
 
@@ -57,35 +58,16 @@ def _reasoning_tokens(tokenizer, new_ids: list[int], text: str, eos_id: int) -> 
     return len(tokenizer(parsed.reasoning + THINK_CLOSE, add_special_tokens=False)["input_ids"])
 
 
-@torch.inference_mode()
 def generate_completion(model, tokenizer, request: CompletionRequest, stop: StopFlag,
-                        on_text: Callable[[str], None] | None = None) -> Completion:
-    """One reply (batch of one) for ``request``; decoded text goes to ``on_text`` as it comes.
+                        on_part: Callable[[str, str], None] | None = None) -> Completion:
+    """One reply (batch of one) for ``request``; its reasoning and answer go to ``on_part`` as they come.
 
     ``stop.set()`` from any thread ends generation at the next token (a client that left).
     """
-    device = next(model.parameters()).device
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    input_ids = torch.tensor([request.prompt_ids], device=device)
-    sampling = (dict(do_sample=True, temperature=request.temperature, top_p=request.top_p)
-                if request.temperature > 0 else dict(do_sample=False, temperature=None, top_p=None, top_k=None))
-    if request.seed is not None:
-        torch.manual_seed(request.seed)  # global RNG: reproducible when generations run one at a time
-    t0 = time.perf_counter()
-    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                         max_new_tokens=request.max_tokens, min_new_tokens=request.min_tokens or None,
-                         eos_token_id=eos_id, pad_token_id=pad_id,
-                         streamer=_CallbackStreamer(tokenizer, on_text) if on_text else None,
-                         stopping_criteria=StoppingCriteriaList([stop]), **sampling)
-    seconds = time.perf_counter() - t0
-    new = out[0, len(request.prompt_ids):].tolist()
-    stopped_by_eos = eos_id in new
-    if stopped_by_eos:
-        new = new[:new.index(eos_id) + 1]
-    text = tokenizer.decode(new, skip_special_tokens=True)
-    return Completion(text, len(new), _reasoning_tokens(tokenizer, new, text, eos_id),
-                      "stop" if stopped_by_eos else "length", stop.requested and not stopped_by_eos, seconds)
+    reply = stream_reply(model, tokenizer, request.prompt_ids, request.decoding(), on_part, stop=stop)
+    reasoning = _reasoning_tokens(tokenizer, reply.token_ids, reply.text, tokenizer.eos_token_id)
+    return Completion(reply.text, reply.new_tokens, reasoning, "stop" if reply.stopped_by_eos else "length",
+                      reply.stopped_by_user, reply.seconds)
 
 
 # ---------------------------------------------------------------- the queue
@@ -244,7 +226,7 @@ def create_app(model, tokenizer, settings: ServerSettings):
         completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         stop = StopFlag()
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()  # streaming: ("text", str) ... then ("done", future)
+        events: asyncio.Queue = asyncio.Queue()  # streaming: ("part", (kind, text)) ... then ("done", future)
 
         def to_loop(item) -> None:
             try:
@@ -252,9 +234,9 @@ def create_app(model, tokenizer, settings: ServerSettings):
             except RuntimeError:  # the loop has closed (server shutting down)
                 pass
 
-        on_text = (lambda text: to_loop(("text", text))) if req.stream else None
+        on_part = (lambda kind, text: to_loop(("part", (kind, text)))) if req.stream else None
         try:
-            future = queue.submit(lambda: generate_completion(model, tokenizer, req, stop, on_text), stop)
+            future = queue.submit(lambda: generate_completion(model, tokenizer, req, stop, on_part), stop)
         except QueueFull as full:
             raise ApiError(429, f"the server is busy ({queue.running} generating, {queue.waiting} waiting); "
                            f"retry after {full.retry_after} s", type="rate_limit_error",
@@ -320,21 +302,17 @@ async def _stream(events: asyncio.Queue, stop: StopFlag, completion_id: str, cre
     Starlette cancels this generator; ``finally`` then sets ``stop``, which ends the generation."""
     head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
 
-    def chunk(delta: dict, finish_reason: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    def chunk(changes: dict, finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": changes, "logprobs": None, "finish_reason": finish_reason}
         return sse({**head, "choices": [choice]})
 
-    deltas = DeltaStream()
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
             kind, value = await events.get()
-            if kind == "text":
-                for delta in deltas.feed(value):
-                    yield chunk(delta)
+            if kind == "part":
+                yield chunk(delta(*value))
                 continue
-            for delta in deltas.flush():
-                yield chunk(delta)
             try:
                 completion = _result(value)
             except ApiError as exc:

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r1_sft.chat import (NOTICE, ChatSession, ChatSettings, context_limit, find_model_folders,  # noqa: E402
-                         model_menu_label, set_setting)
+from r1_sft.chat import ChatSession, find_model_folders, model_menu_label  # noqa: E402
 from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
+from r1_sft.conversation import NOTICE, ChatSettings, context_limit, set_setting  # noqa: E402
 from r1_sft.decoding import TEMPERATURE, TOP_P  # noqa: E402
-from r1_sft.modeling import load_model  # noqa: E402
+from r1_sft.generation import load_for_generation  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 
 
@@ -43,7 +43,7 @@ class Config:
     once: str = ""  # answer this one question and exit
     conversations_dir: str = "conversations"  # where `save` writes and `load` looks
     use_4bit: bool = False  # load the weights in 4-bit NF4 (bitsandbytes) to save memory
-    seed: int = -1  # random seed for sampling; -1 = not fixed
+    seed: int = -1  # random seed for sampling (reply n uses seed + n, as evaluation batch n does); -1 = not fixed
     debug_prompt: bool = False  # print each prompt's text (what the model sees) before answering
 
 
@@ -101,20 +101,17 @@ def main(cfg: Config) -> None:
     interactive = sys.stdin.isatty() and not cfg.once
     if interactive:
         import readline  # noqa: F401  (line editing and input history for input())
-    if cfg.seed >= 0:
-        from transformers import set_seed
-
-        set_seed(cfg.seed)
     settings = ChatSettings(think=cfg.think)
     apply_settings(cfg, settings, limit=1 << 62)  # ranges first: a bad value costs no model load
     model_path = choose_model(cfg, interactive)
-    model, tokenizer = load_model(model_path, use_4bit=cfg.use_4bit)
+    model, tokenizer = load_for_generation(model_path, use_4bit=cfg.use_4bit)
     limit = context_limit(model, tokenizer, cfg.max_context)
     apply_settings(cfg, settings, limit)  # max_new_tokens against the model's context
     session = ChatSession(model, tokenizer, display_path(repo_path(model_path)), settings, limit,
                           repo_path(cfg.conversations_dir), out=sys.stdout,
                           color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"),
-                          interactive=interactive, debug_prompt=cfg.debug_prompt)
+                          interactive=interactive, debug_prompt=cfg.debug_prompt,
+                          seed=cfg.seed if cfg.seed >= 0 else None)
     print(NOTICE, flush=True)
     print(f"[chat] context limit {limit} tokens, max_new_tokens {settings.max_new_tokens}, "
           f"temperature {settings.temperature}, top_p {settings.top_p}; 输入 help 查看命令 (type help)", flush=True)

@@ -8,7 +8,15 @@ option-letter accuracy (single- and multi-answer apart, per exam class where the
 
 Decoding follows DeepSeek's protocol for R1 models by default: sampling at T=0.6, top_p=0.95 with
 a fixed seed, up to 4,096 new tokens, --n_samples K samples per question with every score averaged
-(mean and spread in the report); --no_do_sample for greedy.
+(mean and spread in the report); --no_do_sample for greedy. Generation is the chat's and the
+server's (r1_sft/generation.py): batch i is seeded SEED + i, so with --batch_size 1 the first answer
+is what `chat_with_model.py --once` and the server say for the same seed and values.
+
+A QLoRA adapter (trained with use_4bit, as its run_info.json records) is scored on the unquantized
+base unless --use_4bit, which scores it on the 4-bit NF4 base as trained; one line says which.
+Several processes: `torchrun --nproc_per_node N scripts/evaluate_model.py ...` splits the batches
+over them and writes the same report as one process (float32); rank 0 alone prints and writes.
+--backend vllm runs as one process and spans GPUs itself (--tensor_parallel_size).
 
 Reads:  DATA (default dataset/sft_r1_test.jsonl, the held-out test split, {"input","output"}; the report names
         the split it scored; --task mcq: a CMB-Exam JSON/JSONL,
@@ -26,6 +34,7 @@ Example:
     python scripts/evaluate_model.py --task mcq --data dataset/mcq_test.jsonl --num_samples 0 --n_samples 4 \
         --adapter model/deepseek_r1_1.5b_lora/best_model --adapter2 model/deepseek_r1_1.5b_grpo/best_model
     python scripts/evaluate_model.py --score my_outputs.jsonl
+    torchrun --nproc_per_node 4 scripts/evaluate_model.py --num_samples 0 --n_samples 4
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Merge a trained LoRA adapter into its base model and save a standalone model folder.
 
 The base is loaded unquantized (full precision on CPU, never the 4-bit weights used in QLoRA
-training), the adapter is folded in with peft's ``merge_and_unload``, and the result is saved as
+training; for a QLoRA adapter one line says so: the merged model is not bit-for-bit the 4-bit one
+that was trained), the adapter is folded in with peft's ``merge_and_unload``, and the result is saved as
 safetensors in bfloat16 (float32 on machines without a GPU) with the tokenizer, chat template and
 generation config: a folder that transformers, vLLM and this project's stages load directly.
 
@@ -30,7 +31,7 @@ import torch  # noqa: E402
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
 from r1_sft.modeling import MERGE_INFO, merge_adapter, resolve_model_folder  # noqa: E402
 from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
-from r1_sft.run_info import save_run_info  # noqa: E402
+from r1_sft.run_info import adapter_base_note, save_run_info  # noqa: E402
 
 
 @dataclass
@@ -66,6 +67,9 @@ def main(cfg: Config) -> None:
     if out.exists() and any(out.iterdir()) and not (out / MERGE_INFO).is_file():
         raise UserError(f"{display_path(out)}: exists and is not an earlier merge (choose another --output_dir)")
     print(f"[read] adapter {display_path(folder.adapter_path)} on base {display_path(folder.base_path)}", flush=True)
+    note = adapter_base_note(folder, False, dtype, "is merged into", hint=" (merging needs unquantized weights)")
+    if note:
+        print(note, flush=True)
 
     # Merge into a hidden sibling folder, then swap it in: a killed merge never leaves half a model.
     out.parent.mkdir(parents=True, exist_ok=True)

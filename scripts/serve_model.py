@@ -5,7 +5,10 @@ http://HOST:PORT/v1. Responses follow DeepSeek's reasoner: `message.reasoning_co
 think block, `message.content` the answer (streamed as `delta.reasoning_content`, then
 `delta.content`). R1's rules hold as in the chat: a system message is folded into the first user
 turn, earlier answers enter the prompt without their reasoning, generation starts inside <think>.
-Generation runs `max_concurrency` at a time; `max_queue` more requests wait, then 429.
+Generation runs `max_concurrency` at a time; `max_queue` more requests wait, then 429. Decoding
+(top-k off, a request's `seed`), stop tokens and streaming are the chat's and the evaluation's
+(r1_sft/generation.py): the same request gives the same text as they do. A QLoRA adapter runs on
+the unquantized base unless --use_4bit (one line says which).
 
 Reads:  a model folder (--model: base, LoRA adapter -> its base is loaded, or merged)
 Serves: POST /v1/chat/completions, GET /v1/models, GET /health (running / waiting counts)
@@ -23,9 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r1_sft.chat import NOTICE, context_limit  # noqa: E402
 from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
-from r1_sft.modeling import load_model, resolve_model_folder  # noqa: E402
+from r1_sft.conversation import NOTICE, context_limit  # noqa: E402
+from r1_sft.generation import load_for_generation  # noqa: E402
+from r1_sft.modeling import resolve_model_folder  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.serving import ServerSettings, bind_socket, create_app, run_server  # noqa: E402
 
@@ -76,7 +80,7 @@ def main(cfg: Config) -> None:
     api_key = check_config(cfg)
     resolve_model_folder(cfg.model)  # a wrong path is a one-line error before anything else
     sock = bind_socket(cfg.host, cfg.port)
-    model, tokenizer = load_model(cfg.model, use_4bit=cfg.use_4bit)
+    model, tokenizer = load_for_generation(cfg.model, use_4bit=cfg.use_4bit)
     limit = context_limit(model, tokenizer, cfg.max_context)
     if cfg.max_tokens >= limit:
         raise UserError(f"--max_tokens {cfg.max_tokens}: must be below the context limit {limit}")

@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.decoding import DO_SAMPLE, MAX_NEW_TOKENS, SEED, TEMPERATURE, TOP_P, check_decoding, describe  # noqa: E402
-from r1_sft.generation import generate_responses  # noqa: E402
+from r1_sft.decoding import (DO_SAMPLE, MAX_NEW_TOKENS, SEED, TEMPERATURE, TOP_P, Decoding,  # noqa: E402
+                             check_decoding, describe)
+from r1_sft.generation import generate_responses, load_for_generation  # noqa: E402
 from r1_sft.jsonl_io import write_jsonl  # noqa: E402
-from r1_sft.modeling import load_model  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.r1_format import build_prompt, parse_output  # noqa: E402
 
@@ -50,16 +50,13 @@ class Config:
 @cli_main
 def main(cfg: Config) -> list[dict]:
     check_decoding(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    from transformers import set_seed
-
-    set_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model_path, use_4bit=cfg.use_4bit)
+    model, tokenizer = load_for_generation(cfg.model_path, use_4bit=cfg.use_4bit)
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
     print(f"[test_model] prompt of question 1: {build_prompt(tokenizer, conversations[0])!r}", flush=True)
     decoding = describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
     print(f"[test_model] answering {len(QUESTIONS)} questions ({decoding})", flush=True)
-    generations = generate_responses(model, tokenizer, conversations, max_new_tokens=cfg.max_new_tokens,
-                                     do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p)
+    generations = generate_responses(model, tokenizer, conversations, Decoding(
+        cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed))
     results = []
     for i, (question, gen) in enumerate(zip(QUESTIONS, generations), 1):
         parsed = parse_output(gen.text)

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_script
-from r1_sft.chat import (HIDDEN_LABEL, NOTICE, REASONING_LABEL, STOPPED_NOTE, ChatSession,
-                         ChatSettings, ConversationFileError, ThinkSplitter, context_limit, load_conversation,
-                         parse_command, safe_conversation_path, set_setting)
+from r1_sft.chat import HIDDEN_LABEL, REASONING_LABEL, STOPPED_NOTE, ChatSession, parse_command
+from r1_sft.chat_store import ConversationFileError, load_conversation, safe_conversation_path
+from r1_sft.conversation import NOTICE, ChatSettings, context_limit, set_setting
+from r1_sft.r1_format import ThinkSplitter
 
 SCRIPT = "scripts/chat_with_model.py"
 REASONING_MARK = "REASONINGMARK秘密推理"

@@ -97,8 +97,8 @@ def test_every_output_file_is_written_and_parseable(eval_run):
         _assert_block(block, 4, n_samples=2)
         assert block["tokens_per_s"] > 0
     assert set(summary["lengths"]["tuned"]) == {"reasoning_chars", "answer_chars", "new_tokens"}
-    # the decoding protocol is recorded: R1 sampling by default, with its seed
-    assert summary["decoding"] == {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": None, "seed": 42,
+    # the decoding protocol is recorded as generate got it: R1 sampling by default, top-k off (0), with its seed
+    assert summary["decoding"] == {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 0, "seed": 42,
                                    "n_samples": 2, "max_new_tokens": 24, "backend": "hf", "batch_size": 4}
 
     # The file scored and what its split means: this fixture is named as a validation split.
@@ -430,7 +430,8 @@ def test_vllm_engine_and_sampling_arguments(tiny_model_dir, adapter_dir, monkeyp
     assert engine["model"] == str(Path(tiny_model_dir).resolve()) and engine["dtype"] == "bfloat16"
     assert engine["max_model_len"] == longest + 64 and engine["seed"] == 7
     assert engine["enable_lora"] is True and engine["max_lora_rank"] == 8  # r=4 rounded up to a vLLM rank
-    assert calls["sampling"] == {"n": 2, "max_tokens": 64, "seed": 7, "temperature": 0.6, "top_p": 0.95, "top_k": -1,
+    # top-k is not passed: vLLM's default is off, as in the Hugging Face path (top_k=0 there)
+    assert calls["sampling"] == {"n": 2, "max_tokens": 64, "seed": 7, "temperature": 0.6, "top_p": 0.95,
                                  "stop_token_ids": [tokenizer.eos_token_id], "skip_special_tokens": True}
     (n_base, lora_base), (n_tuned, lora_tuned) = calls["generate"]
     assert n_base == n_tuned == 2 and lora_base is None  # one engine: base = no LoRA request

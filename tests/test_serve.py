@@ -25,7 +25,8 @@ import torch
 
 from conftest import REPO, run_script
 from r1_sft.r1_format import build_prompt, encode_prompt
-from r1_sft.openai_api import ApiError, DeltaStream, conversation_messages
+from r1_sft.generation import ReplyParts
+from r1_sft.openai_api import ApiError, conversation_messages, delta
 from r1_sft.serving import ServerSettings, create_app
 
 SCRIPT = "scripts/serve_model.py"
@@ -127,11 +128,11 @@ def collect(stream) -> dict:
 # ---------------------------------------------------------------- in memory
 
 def test_delta_stream_cuts_at_think_close_split_across_pieces():
-    deltas = DeltaStream()
     out = []
+    parts = ReplyParts(lambda kind, text: out.append(delta(kind, text)))
     for piece in ["先考虑", "感冒。\n</th", "ink>\n\n", "多喝水", "。"]:
-        out += deltas.feed(piece)
-    out += deltas.flush()
+        parts.feed(piece)
+    parts.flush()
     assert out == [{"reasoning_content": "先考虑"}, {"reasoning_content": "感冒。\n"},
                    {"content": "多喝水"}, {"content": "。"}]
 
