@@ -37,7 +37,7 @@ from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
 from r1_sft.jsonl_io import atomic_write_text  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.r1_format import build_user_text  # noqa: E402
-from r1_sft.records import rejects_path  # noqa: E402
+from r1_sft.conversion import rejects_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
 from r1_sft.teacher_api import (REQUEST_FAILED, Cancelled, FatalAPIError, RequestFailed,  # noqa: E402
                                 judge, reasoning_steps, request_body)

@@ -6,7 +6,7 @@ Modules, by concern:
                    one-line user errors
   run_info         resolved config, library versions and git commit saved beside outputs (and read back: QLoRA or not)
   jsonl_io         atomic writes, JSONL reading
-  records, splits  data stage: validate and normalise both sources, rejects, dedup, stratified train/val/test splits
+  records, splits  data stage (conversion streams a stage's lines, rejects by reason): validate and normalise both sources, rejects, dedup, stratified train/val/test splits
   r1_format        the R1 think format: SFT targets, prompts, training encoding, output parsing
   tiny_model       the offline stand-in: the real R1 tokenizer, 151,936 rows, brief plain-text pre-training;
                    random models of the real 1.5B shape (benchmarks, the GPU check)

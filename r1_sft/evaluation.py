@@ -44,6 +44,7 @@ from .eval_report import render_report, render_table, write_chart, write_csv
 from .generation import Generation, GenerationStats, generate_with_stats
 from .jsonl_io import atomic_write_text, read_jsonl, write_jsonl
 from .metrics import mcq_sample_metrics, mean_lengths, sample_metrics, split_reference, spread, summarize
+from .modeling import RunsOn, decide_precision, pick_device
 from .paths import display_path, repo_path
 from .r1_format import build_user_text, parse_output
 from .run_info import save_run_info
@@ -58,7 +59,7 @@ BACKENDS = ("hf", "vllm")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RunsOn):
     base_model: str = DEFAULT_BASE  # base model folder ("base")
     adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only (also when the default is absent)
     adapter2: str = path_field("")  # a second fine-tuned folder ("tuned2"), e.g. GRPO after the SFT adapter: base vs SFT vs GRPO in one report
@@ -184,7 +185,7 @@ def check_backend(backend: str) -> None:
 def generate_all(model_paths: dict[str, str], user_texts: Sequence[str], *, max_new_tokens: int = MAX_NEW_TOKENS,
                  batch_size: int = 16, do_sample: bool = DO_SAMPLE, temperature: float = TEMPERATURE,
                  top_p: float = TOP_P, seed: int = SEED, n_samples: int = N_SAMPLES, use_4bit: bool = False,
-                 backend: str = "hf", tensor_parallel_size: int = 1
+                 backend: str = "hf", tensor_parallel_size: int = 1, precision: str = "auto", device: str = "auto"
                  ) -> dict[str, tuple[list[list[Generation]], GenerationStats]]:
     """Answer every user text ``n_samples`` times with every named model: same prompts and decoding,
     one model in memory at a time. Returns per name the sample runs (one Generation per text each)."""
@@ -195,7 +196,7 @@ def generate_all(model_paths: dict[str, str], user_texts: Sequence[str], *, max_
         from .generation import generate_with_vllm
 
         return generate_with_vllm(model_paths, conversations, decoding, n_samples=n_samples,
-                                  tensor_parallel_size=tensor_parallel_size)
+                                  tensor_parallel_size=tensor_parallel_size, precision=precision)
 
     import torch
 
@@ -204,7 +205,8 @@ def generate_all(model_paths: dict[str, str], user_texts: Sequence[str], *, max_
     results = {}
     for name, path in model_paths.items():
         print(f"[{name}] loading {display_path(repo_path(path))}", flush=True)
-        model, tokenizer = load_for_generation(str(repo_path(path)), use_4bit=use_4bit, label=name)
+        model, tokenizer = load_for_generation(str(repo_path(path)), use_4bit=use_4bit, label=name,
+                                               precision=precision, device=pick_device(device))
         gens, stats = generate_with_stats(model, tokenizer, conversations * n_samples, decoding,
                                           batch_size=batch_size, progress=True, label=f"[{name}]")
         n = len(conversations)
@@ -356,6 +358,7 @@ def run_evaluation(cfg: EvalConfig) -> Path | None:
         print(f"[write] {display_path(out)}")
         return None
     check_backend(cfg.backend)
+    decide_precision(pick_device(cfg.device), requested=cfg.precision)  # --precision / --device fit this machine
     if cfg.tensor_parallel_size < 1:
         raise UserError(f"--tensor_parallel_size {cfg.tensor_parallel_size}: must be at least 1")
     rank = start_processes()
@@ -381,7 +384,8 @@ def _evaluate(cfg: EvalConfig, rank: int) -> Path | None:
     generated = generate_all(model_paths, [item.user_text for item in items], max_new_tokens=cfg.max_new_tokens,
                              batch_size=cfg.batch_size, do_sample=cfg.do_sample, temperature=cfg.temperature,
                              top_p=cfg.top_p, seed=cfg.seed, n_samples=cfg.n_samples, use_4bit=cfg.use_4bit,
-                             backend=cfg.backend, tensor_parallel_size=cfg.tensor_parallel_size)
+                             backend=cfg.backend, tensor_parallel_size=cfg.tensor_parallel_size,
+                             precision=cfg.precision, device=cfg.device)
     if rank > 0:
         return None
     predictions, summary = [], {"models": {}, "lengths": {}, "decoding": decoding_record(cfg),

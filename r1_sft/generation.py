@@ -267,7 +267,7 @@ _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def generate_with_vllm(model_paths: dict[str, str], conversations: Sequence[Sequence[dict]], decoding: Decoding, *,
-                       n_samples: int = 1, tensor_parallel_size: int = 1
+                       n_samples: int = 1, tensor_parallel_size: int = 1, precision: str = "auto"
                        ) -> dict[str, tuple[list[list[Generation]], GenerationStats]]:
     """The same prompts through vLLM for each named model folder (base, adapter or merged).
 
@@ -276,8 +276,8 @@ def generate_with_vllm(model_paths: dict[str, str], conversations: Sequence[Sequ
     adapter goes through vLLM's LoRA support (``LoRARequest``). A merged folder gets its own
     engine, after the first one is released. The engine gets ``max_model_len`` = longest prompt +
     ``max_new_tokens`` (otherwise vLLM reserves KV cache for the config's 131,072 positions), the
-    dtype from the project's one precision decision (``modeling.pick_dtype``: bf16 where the GPU has
-    it, else fp16) and the seed. Prompts are the same token ids as the Hugging Face path, sampling
+    dtype from the project's one precision decision (``modeling.pick_dtype`` with ``--precision``:
+    bf16 at compute capability >= 8.0; on T4/V100 float32 when it fits, else float16) and the seed. Prompts are the same token ids as the Hugging Face path, sampling
     the same values with top-k off (vLLM's default), the same stop tokens. vLLM's seeding is its
     own (one seed for the engine and the request), so its samples differ from the Hugging Face path's.
 
@@ -302,7 +302,8 @@ def generate_with_vllm(model_paths: dict[str, str], conversations: Sequence[Sequ
     tokenizer = modeling.load_tokenizer(next(iter(folders.values())).model_path)
     prompts = [{"prompt_token_ids": encode_prompt(tokenizer, conv)} for conv in conversations]
     max_model_len = max(len(p["prompt_token_ids"]) for p in prompts) + decoding.max_new_tokens
-    dtype = str(modeling.pick_dtype("cuda")).removeprefix("torch.")
+    weight_bytes = modeling.weights_size(next(iter(folders.values())).base_path)
+    dtype = str(modeling.pick_dtype("cuda", weight_bytes=weight_bytes, precision=precision)).removeprefix("torch.")
     params = SamplingParams(n=n_samples, max_tokens=decoding.max_new_tokens, seed=decoding.seed,
                             temperature=decoding.temperature if decoding.do_sample else 0.0,
                             top_p=decoding.top_p if decoding.do_sample else 1.0,

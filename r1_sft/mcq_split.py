@@ -27,8 +27,9 @@ from .benchmarks import MULTI, NO_ANSWER, NOT_MCQ, SINGLE, detect_shape, read_ra
 from .cli import UserError
 from .jsonl_io import atomic_open, atomic_write_text
 from .paths import display_path, tried_path
-from .records import (DUPLICATE_QUESTION, WRITE_BUFFER, Origin, RecordError, Tally, iter_objects, print_tally,
-                      question_key, reject_entry, to_json_line)
+from .records import (DUPLICATE_QUESTION, WRITE_BUFFER, Origin, RecordError, Tally, print_tally, question_key,
+                      to_json_line)
+from .conversion import iter_objects, reject_entry
 from .splits import choose_val
 
 SPLITS = ("train", "val", "test")

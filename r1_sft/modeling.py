@@ -111,6 +111,14 @@ DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+@dataclass
+class RunsOn:
+    """The two loading settings every inference script shares (evaluation, chat, server, test_model)."""
+
+    precision: str = "auto"  # auto (bf16 on compute capability >= 8.0; T4/V100: fp32 when it fits, fp16 R1 distills can emit only '!'; CPU: fp32), bf16, fp16 or fp32: the weights' dtype
+    device: str = "auto"  # auto (the GPU when usable, else the CPU), cuda, or cpu (run on the CPU even when a GPU is present)
+
+
 def pick_device(requested: str = "auto") -> str:
     """The device a stage runs on: ``cuda`` (``cuda:<LOCAL_RANK>`` under torchrun) or ``cpu``.
 

@@ -31,8 +31,9 @@ from pathlib import Path
 from .cli import UserError, name_field
 from .jsonl_io import atomic_open, atomic_write_text, iter_raw_lines
 from .paths import display_path, repo_path, tried_path
-from .records import (DUPLICATE_QUESTION, WRITE_BUFFER, RecordError, Tally, fix_hints, iter_objects,
-                      parse_object, print_tally, question_key, reject_entry, to_json_line, validate_sft)
+from .conversion import iter_objects, reject_entry
+from .records import (DUPLICATE_QUESTION, WRITE_BUFFER, RecordError, Tally, fix_hints, parse_object, print_tally,
+                      question_key, to_json_line, validate_sft)
 from .run_info import run_info
 
 

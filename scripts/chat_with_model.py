@@ -29,11 +29,12 @@ from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E4
 from r1_sft.conversation import NOTICE, ChatSettings, context_limit, set_setting  # noqa: E402
 from r1_sft.decoding import TEMPERATURE, TOP_P  # noqa: E402
 from r1_sft.generation import load_for_generation  # noqa: E402
+from r1_sft.modeling import RunsOn, decide_precision, pick_device  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 
 
 @dataclass
-class Config:
+class Config(RunsOn):
     model: str = path_field("")  # model folder (base, LoRA adapter or merged); "" = choose from a menu of model/
     max_new_tokens: int = 2048  # generation budget per answer (tokens); R1 reasoning is long
     temperature: float = TEMPERATURE  # sampling temperature (R1 advice 0.6); 0 = greedy
@@ -103,8 +104,10 @@ def main(cfg: Config) -> None:
         import readline  # noqa: F401  (line editing and input history for input())
     settings = ChatSettings(think=cfg.think)
     apply_settings(cfg, settings, limit=1 << 62)  # ranges first: a bad value costs no model load
+    device = pick_device(cfg.device)
+    decide_precision(device, requested=cfg.precision)
     model_path = choose_model(cfg, interactive)
-    model, tokenizer = load_for_generation(model_path, use_4bit=cfg.use_4bit)
+    model, tokenizer = load_for_generation(model_path, use_4bit=cfg.use_4bit, precision=cfg.precision, device=device)
     limit = context_limit(model, tokenizer, cfg.max_context)
     apply_settings(cfg, settings, limit)  # max_new_tokens against the model's context
     session = ChatSession(model, tokenizer, display_path(repo_path(model_path)), settings, limit,

@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
 from r1_sft.conversation import NOTICE, context_limit  # noqa: E402
 from r1_sft.generation import load_for_generation  # noqa: E402
-from r1_sft.modeling import resolve_model_folder  # noqa: E402
+from r1_sft.modeling import RunsOn, decide_precision, pick_device, resolve_model_folder  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.serving import ServerSettings, bind_socket, create_app, run_server  # noqa: E402
 
 
 @dataclass
-class Config:
+class Config(RunsOn):
     model: str = path_field("model/deepseek_r1_1.5b_lora/best_model")  # model folder (base, LoRA adapter or merged)
     host: str = "127.0.0.1"  # address to listen on; 0.0.0.0 = every interface (set --api_key_env then)
     port: int = 8000  # TCP port; 0 = any free port (printed at start)
@@ -79,8 +79,10 @@ def is_loopback(host: str) -> bool:
 def main(cfg: Config) -> None:
     api_key = check_config(cfg)
     resolve_model_folder(cfg.model)  # a wrong path is a one-line error before anything else
+    device = pick_device(cfg.device)
+    decide_precision(device, requested=cfg.precision)
     sock = bind_socket(cfg.host, cfg.port)
-    model, tokenizer = load_for_generation(cfg.model, use_4bit=cfg.use_4bit)
+    model, tokenizer = load_for_generation(cfg.model, use_4bit=cfg.use_4bit, precision=cfg.precision, device=device)
     limit = context_limit(model, tokenizer, cfg.max_context)
     if cfg.max_tokens >= limit:
         raise UserError(f"--max_tokens {cfg.max_tokens}: must be below the context limit {limit}")

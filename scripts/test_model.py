@@ -25,6 +25,7 @@ from r1_sft.decoding import (DO_SAMPLE, MAX_NEW_TOKENS, SEED, TEMPERATURE, TOP_P
                              check_decoding, describe)
 from r1_sft.generation import generate_responses, load_for_generation  # noqa: E402
 from r1_sft.jsonl_io import write_jsonl  # noqa: E402
+from r1_sft.modeling import RunsOn, decide_precision, pick_device  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.r1_format import build_prompt, parse_output  # noqa: E402
 
@@ -36,7 +37,7 @@ QUESTIONS = (
 
 
 @dataclass
-class Config:
+class Config(RunsOn):
     model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # model, merged or LoRA adapter folder
     max_new_tokens: int = MAX_NEW_TOKENS  # generation budget per question (tokens); R1 reasoning is long
     do_sample: bool = DO_SAMPLE  # R1 protocol sampling (greedy R1 tends to loop); --no_do_sample = greedy
@@ -50,7 +51,10 @@ class Config:
 @cli_main
 def main(cfg: Config) -> list[dict]:
     check_decoding(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    model, tokenizer = load_for_generation(cfg.model_path, use_4bit=cfg.use_4bit)
+    device = pick_device(cfg.device)
+    decide_precision(device, requested=cfg.precision)
+    model, tokenizer = load_for_generation(cfg.model_path, use_4bit=cfg.use_4bit, precision=cfg.precision,
+                                           device=device)
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
     print(f"[test_model] prompt of question 1: {build_prompt(tokenizer, conversations[0])!r}", flush=True)
     decoding = describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)

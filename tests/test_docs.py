@@ -27,7 +27,8 @@ SCRIPT_DIRS = ("data", "download_model", "scripts", "scripts/compare", "bench")
 EXTERNAL_FLAGS = {
     # torchrun / accelerate launch
     "nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "standalone",
-    "multi_gpu", "num_processes", "cpu", "config_file",
+    "multi_gpu", "num_processes", "cpu", "config_file", "rdzv_backend", "rdzv_endpoint", "rdzv_id",
+    "num_machines", "machine_rank", "main_process_ip", "main_process_port",
     # vllm serve
     "reasoning-parser", "enable-reasoning", "dtype", "port", "api-key", "max-model-len", "tensor-parallel-size",
     "gpu-memory-utilization", "enable-lora", "lora-modules",

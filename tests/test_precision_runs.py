@@ -146,6 +146,24 @@ def test_qlora_with_the_default_loss_trains_evaluates_and_resumes(tiny_model_dir
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "continuing from" in resumed.stdout and (out / "checkpoint-3").is_dir()
 
+    # Evaluation, chat and merging of that adapter under the same precision.
+    evaluated = run_script("scripts/evaluate_model.py", "--base_model", tiny_model_dir, "--adapter",
+                           out / "final_model", "--data", _small_val(tmp_path), "--num_samples", "2", "--n_samples",
+                           "1", "--max_new_tokens", "8", "--output_dir", tmp_path / "eval", "--run_name", "p",
+                           "--precision", precision, env=ONE_THREAD)
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    assert evaluated.stdout.count(f"(cpu, {DTYPE_NAME[precision]}") == 2  # base and tuned, in that dtype
+    summary = json.loads((tmp_path / "eval/p/summary.json").read_text())
+    assert set(summary["models"]) == {"base", "tuned"}
+    chat = run_script("scripts/chat_with_model.py", "--model", out / "final_model", "--once", "头痛怎么办？",
+                      "--max_new_tokens", "8", "--seed", "1", "--precision", precision, env=ONE_THREAD)
+    assert chat.returncode == 0 and f"(cpu, {DTYPE_NAME[precision]}" in chat.stdout, chat.stderr[-2000:]
+    merged = run_script("scripts/merge_lora.py", "--adapter", out / "final_model", "--output_dir", tmp_path / "m",
+                        "--dtype", DTYPE_NAME[precision], env=ONE_THREAD)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    weights = load_file(tmp_path / "m/model.safetensors")
+    assert {t.dtype for t in weights.values()} == {getattr(torch, DTYPE_NAME[precision])}
+
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_lora_on_16_bit_weights_with_the_stock_loss(tiny_model_dir, tmp_path, precision):

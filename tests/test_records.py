@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from r1_sft import conversion
 from r1_sft import records as R
 from r1_sft.r1_format import format_output, parse_output
 from r1_sft.records import dedup_key
@@ -173,7 +174,7 @@ def test_validate_sft_rejects(obj, reason):
 
 
 def test_rejects_path_sits_beside_the_output(tmp_path):
-    assert R.rejects_path(tmp_path / "converted_data.jsonl") == tmp_path / "converted_data.rejects.jsonl"
+    assert conversion.rejects_path(tmp_path / "converted_data.jsonl") == tmp_path / "converted_data.rejects.jsonl"
 
 
 # ---- splits --------------------------------------------------------------------------------
@@ -246,14 +247,14 @@ def test_committed_sample_inputs_convert_without_a_single_reject(repo, tmp_path)
     """The samples that `make demo` uses are clean: nothing rejected, quirks normalised."""
     import functools
 
-    ms_tally = R.convert_jsonl([repo / "modelscope_r1_data" / "r1_data_example.jsonl"],
+    ms_tally = conversion.convert_jsonl([repo / "modelscope_r1_data" / "r1_data_example.jsonl"],
                                functools.partial(R.modelscope_record, max_chars=16000), tmp_path / "c.jsonl")
     assert ms_tally.kept >= 120 and ms_tally.n_rejected == 0
     assert ms_tally.normalised[R.NORM_LITERAL_NEWLINE] > 0  # the real data's quirk is represented
     teacher_files = sorted((repo / "r1_generated").glob("0*.jsonl"))
     assert [p.name for p in teacher_files] == ["001.jsonl", "002.jsonl", "003.jsonl"]
     for path in teacher_files:
-        tally = R.convert_jsonl([path], functools.partial(R.teacher_record, max_chars=16000),
+        tally = conversion.convert_jsonl([path], functools.partial(R.teacher_record, max_chars=16000),
                                 tmp_path / f"t{path.stem}.jsonl")
         assert tally.kept >= 20 and tally.n_rejected == 0, path
 
@@ -264,7 +265,8 @@ def test_conversion_keeps_a_question_once_whatever_its_instruction(tmp_path):
     import functools
     import json
 
-    from r1_sft.records import convert_jsonl, modelscope_record
+    from r1_sft.conversion import convert_jsonl
+    from r1_sft.records import modelscope_record
 
     rows = [{"instruction": "", "question": "孩子发烧39度怎么办？", "think": "考虑感染。\n", "answer": "及时就医。",
              "metrics": {"quality_f1": 0.95}},
