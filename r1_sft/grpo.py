@@ -82,13 +82,15 @@ def _refuse(name: str, value, allowed: str) -> None:
 def check_grpo_settings(cfg: GrpoConfig) -> None:
     """Values, paths, trackers, vLLM and LoRA names: every check that needs no loaded model."""
     from .modeling import decide_precision, pick_device, resolve_model_folder
-    from .train_checks import check_lora_targets, check_trackers, meta_model
+    from .train_checks import check_lora_targets, check_schedule, check_trackers, meta_model
 
     decide_precision(pick_device(cfg.device), requested=cfg.precision)
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length", "eval_steps",
                  "save_steps", "logging_steps", "save_total_limit", "lora_r"):
         if not getattr(cfg, name) >= 1:
             _refuse(name, getattr(cfg, name), "must be at least 1")
+    if not cfg.save_total_limit >= 2:  # at 1 the Trainer deletes the last checkpoint, final_model/'s source
+        _refuse("save_total_limit", cfg.save_total_limit, "must be at least 2 (final_model/ is the last checkpoint)")
     if not cfg.num_generations >= 2:
         _refuse("num_generations", cfg.num_generations, "must be at least 2 (GRPO compares completions in a group)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -98,15 +100,7 @@ def check_grpo_settings(cfg: GrpoConfig) -> None:
                         f"(--per_device_train_batch_size {cfg.per_device_train_batch_size} x "
                         f"--gradient_accumulation_steps {cfg.gradient_accumulation_steps} x {world} process(es) "
                         f"= {batch})")
-    if cfg.save_steps % cfg.eval_steps:
-        raise UserError(f"--save_steps {cfg.save_steps} must be a multiple of --eval_steps {cfg.eval_steps} "
-                        f"(the best checkpoint is chosen by validation accuracy)")
-    if not (cfg.max_steps == -1 or cfg.max_steps >= 1):
-        _refuse("max_steps", cfg.max_steps, "must be -1 (train for --num_train_epochs) or at least 1")
-    if cfg.max_steps == -1 and not (cfg.num_train_epochs > 0 and math.isfinite(cfg.num_train_epochs)):
-        _refuse("num_train_epochs", cfg.num_train_epochs, "must be > 0 (or set --max_steps > 0)")
-    if not 0 < cfg.learning_rate < 1:
-        _refuse("learning_rate", cfg.learning_rate, "must be > 0 and < 1 (typical for LoRA GRPO: 1e-6 to 5e-5)")
+    check_schedule(cfg, best_by="validation accuracy", typical_lr="typical for LoRA GRPO: 1e-6 to 5e-5")
     if not (cfg.beta >= 0 and math.isfinite(cfg.beta)):
         _refuse("beta", cfg.beta, "must be >= 0 (0 = no KL term and no reference pass; R1 used 0.001)")
     if cfg.loss_type not in LOSS_TYPES:

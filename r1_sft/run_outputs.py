@@ -53,3 +53,18 @@ def portable_adapter_config(folder: Path) -> None:
     if base and Path(base).is_absolute():
         config["base_model_name_or_path"] = display_path(base)
         atomic_write_text(config_file, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def copy_adapter(checkpoint: Path, dest: Path, tokenizer) -> None:
+    """Copy a checkpoint's adapter (config + safetensors) into ``dest`` with the tokenizer, atomically."""
+    if not (checkpoint / "adapter_model.safetensors").is_file():
+        raise UserError(f"{display_path(checkpoint)}: the last checkpoint is gone (--save_total_limit deleted it?); "
+                        f"keep at least 2 checkpoints so final_model/ can be the last step's adapter")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(checkpoint / name, tmp / name)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)

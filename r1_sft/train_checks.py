@@ -61,6 +61,19 @@ def usable_schedulers() -> list[str]:
     return usable
 
 
+def check_schedule(cfg, *, best_by: str, typical_lr: str) -> None:
+    """Checkpoint cadence, length of the run and learning rate: the same rules for SFT and GRPO."""
+    if cfg.save_steps % cfg.eval_steps != 0:
+        raise UserError(f"--save_steps {cfg.save_steps} must be a multiple of --eval_steps {cfg.eval_steps} "
+                        f"(the best checkpoint is chosen by {best_by})")
+    if not (cfg.max_steps == -1 or cfg.max_steps >= 1):
+        _refuse("max_steps", cfg.max_steps, "must be -1 (train for --num_train_epochs) or at least 1")
+    if cfg.max_steps == -1 and not (cfg.num_train_epochs > 0 and math.isfinite(cfg.num_train_epochs)):
+        _refuse("num_train_epochs", cfg.num_train_epochs, "must be > 0 (or set --max_steps > 0)")
+    if not 0 < cfg.learning_rate < 1:
+        _refuse("learning_rate", cfg.learning_rate, f"must be > 0 and < 1 ({typical_lr})")
+
+
 def check_values(cfg: TrainConfig) -> None:
     """Every user-set number and name, before anything loads (NaN fails every check)."""
     from .modeling import decide_precision, pick_device
@@ -74,15 +87,7 @@ def check_values(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if not value >= 1:
             _refuse(name, value, "must be at least 1")
-    if cfg.save_steps % cfg.eval_steps != 0:
-        raise UserError(f"--save_steps {cfg.save_steps} must be a multiple of --eval_steps {cfg.eval_steps} "
-                        f"(the best checkpoint is chosen by eval loss)")
-    if not (cfg.max_steps == -1 or cfg.max_steps >= 1):
-        _refuse("max_steps", cfg.max_steps, "must be -1 (train for --num_train_epochs) or at least 1")
-    if cfg.max_steps == -1 and not (cfg.num_train_epochs > 0 and math.isfinite(cfg.num_train_epochs)):
-        _refuse("num_train_epochs", cfg.num_train_epochs, "must be > 0 (or set --max_steps > 0)")
-    if not 0 < cfg.learning_rate < 1:
-        _refuse("learning_rate", cfg.learning_rate, "must be > 0 and < 1 (typical for LoRA: 5e-5 to 5e-4)")
+    check_schedule(cfg, best_by="eval loss", typical_lr="typical for LoRA: 5e-5 to 5e-4")
     if not 0 <= cfg.warmup_ratio < 1:
         _refuse("warmup_ratio", cfg.warmup_ratio, "must be >= 0 and < 1 (a fraction of the steps)")
     if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
