@@ -5,6 +5,7 @@ The tiny model is built once per test session (offline, deterministic) through t
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.util
 import os
@@ -62,6 +63,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     prebuilt = os.environ.get("R1_SFT_TINY_MODEL")
     if prebuilt and (Path(prebuilt) / "config.json").is_file():
         return Path(prebuilt)
-    out = tmp_path_factory.mktemp("tiny_r1") / "tiny_r1"
-    run_script("download_model/download_model.py", "--tiny", "--local_dir", out, check=True)
+    # pytest-xdist workers share the parent of their base temp folders: the first worker builds the
+    # stand-in there (under a file lock) and the others wait for it instead of building their own.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out = shared / "tiny_r1_shared" / "tiny_r1"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "config.json").is_file():
+            run_script("download_model/download_model.py", "--tiny", "--local_dir", out, check=True)
     return out

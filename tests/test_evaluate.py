@@ -419,7 +419,7 @@ def test_vllm_engine_and_sampling_arguments(tiny_model_dir, adapter_dir, monkeyp
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.lora", lora_mod)
     monkeypatch.setitem(sys.modules, "vllm.lora.request", request_mod)
-    monkeypatch.setattr(modeling, "pick_dtype", lambda device: torch.bfloat16)  # the one precision decision
+    monkeypatch.setattr(modeling, "pick_dtype", lambda device, **_: torch.bfloat16)  # the one precision decision
 
     texts = ["头痛怎么办？", "高血压患者平时饮食要注意什么？请详细说明。"]
     results = generate_all({"base": str(tiny_model_dir), "tuned": str(adapter_dir)}, texts, max_new_tokens=64,

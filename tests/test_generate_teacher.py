@@ -262,7 +262,7 @@ def test_teacher_branch_from_generation_to_distillation(fake, tmp_path, tiny_mod
     for script, *args in steps:
         run_script(script, *args, env=ENV, check=True)
     assert len(lines(gen / "004.jsonl")) == len(QUESTIONS)
-    assert len(lines(ds / "train.jsonl")) + len(lines(ds / "val.jsonl")) == len(QUESTIONS)
+    assert sum(len(lines(ds / f"{split}.jsonl")) for split in ("train", "val", "test")) == len(QUESTIONS)
     assert all(r["output"].startswith("<think>\n") for r in lines(ds / "train.jsonl"))
     assert (model / "final_model" / "adapter_model.safetensors").is_file()
     assert any("eval_loss" in row for row in lines(model / "training_logs" / "log_history.jsonl"))
