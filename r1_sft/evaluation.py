@@ -176,8 +176,9 @@ def check_backend(backend: str) -> None:
         from .generation import vllm_available
 
         if not vllm_available():
-            raise UserError("--backend vllm: vllm is not installed (pip install vllm on a CUDA machine, "
-                            "or use --backend hf)")
+            raise UserError("--backend vllm: vllm is not installed here; it lives in its own environment "
+                            "(python -m venv .venv-vllm && .venv-vllm/bin/pip install -r requirements-vllm.txt, "
+                            "see docs/gpus.md), or use --backend hf")
 
 
 # ---- generation ------------------------------------------------------------------------------
