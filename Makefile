@@ -43,9 +43,9 @@ demo: install data $(TINY)/config.json
 	echo "高血压患者平时饮食要注意什么？" | $(PY) scripts/chat_with_model.py --model $(TINY_LORA)/best_model --max_new_tokens 512
 
 # Built offline (no hub access needed); rebuilt when missing or when its recipe or corpus changes.
-# The files of r1_sft.tiny_model.DEFAULT_CORPUS_GLOBS (make cannot ask Python before the venv exists).
+# The files of r1_sft.model.tiny_model.DEFAULT_CORPUS_GLOBS (make cannot ask Python before the venv exists).
 TINY_CORPUS := modelscope_r1_data/r1_data_example.jsonl $(wildcard r1_generated/00[1-3].jsonl)
-$(TINY)/config.json: r1_sft/tiny_model.py $(TINY_CORPUS) | install
+$(TINY)/config.json: r1_sft/model/tiny_model.py r1_sft/model/r1_tokenizer.py $(TINY_CORPUS) | install
 	@echo "== 2. model: build the tiny offline R1 stand-in"
 	$(PY) download_model/download_model.py --tiny --local_dir $(TINY)
 

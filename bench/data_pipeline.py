@@ -29,12 +29,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
+from r1_sft.data.conversion import convert_jsonl  # noqa: E402
+from r1_sft.data.records import modelscope_record, unified_to_sft  # noqa: E402
+from r1_sft.data.splits import split_jsonl  # noqa: E402
 from r1_sft.jsonl_io import atomic_write_text  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
-from r1_sft.conversion import convert_jsonl  # noqa: E402
-from r1_sft.records import modelscope_record, unified_to_sft  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
-from r1_sft.splits import split_jsonl  # noqa: E402
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Benchmark: evaluation generation throughput (new tokens/s) at several batch sizes on one model.
 
 Loads MODEL_PATH once, warms it up, then answers the same NUM_PROMPTS questions greedily at each
-batch size through r1_sft.generation (the code the evaluation uses) and reports new tokens/s, the
+batch size through r1_sft.inference.generation (the code the evaluation uses) and reports new tokens/s, the
 speed-up over batch 1, and whether the outputs are identical to batch 1's. They must be in float32
 (greedy, left padding: the CPU default); in bf16/fp16 on a GPU the batched kernels round
 differently with the batch shape, so some greedy outputs can differ -- a figure, not a failure.
@@ -43,15 +43,15 @@ class Config:
 def main(cfg: Config):
     import torch
 
-    from r1_sft.generation import generate_with_stats
-    from r1_sft.modeling import load_model
+    from r1_sft.inference.generation import generate_with_stats
+    from r1_sft.model.loading import load_model
 
     questions = [rec["input"] for rec in read_jsonl(repo_path(cfg.data)) if isinstance(rec.get("input"), str)]
     if not questions:
         raise UserError(f"{display_path(repo_path(cfg.data))}: no {{\"input\"}} records")
     conversations = [[{"role": "user", "content": questions[i % len(questions)]}] for i in range(cfg.num_prompts)]
     print(f"[read] {display_path(repo_path(cfg.data))}: {len(questions)} questions -> {cfg.num_prompts} prompts")
-    model, tokenizer = load_model(str(repo_path(cfg.model_path)), use_4bit=cfg.use_4bit)
+    model, tokenizer = load_model(repo_path(cfg.model_path), use_4bit=cfg.use_4bit)
     generate_with_stats(model, tokenizer, conversations[:2], max_new_tokens=8, batch_size=2, do_sample=False)  # warm-up
 
     sizes = [int(s) for s in cfg.batch_sizes.split(",") if s.strip()]

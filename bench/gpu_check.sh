@@ -121,7 +121,7 @@ EOF
 }
 
 build_model() {  # a random model of $ARCH with the real R1 tokenizer
-    "$PYTHON" -c "import sys; from r1_sft import tiny_model as t; t.build_random_model(sys.argv[1], getattr(t, sys.argv[2]))" \
+    "$PYTHON" -c "import sys; from r1_sft.model import random_model as t; t.build_random_model(sys.argv[1], getattr(t, sys.argv[2]))" \
         "$WORK/random_model" "$ARCH"
 }
 

@@ -1,7 +1,7 @@
 """Benchmark: training speed and peak memory of the real 1.5B architecture on one GPU.
 
 Builds, offline, a randomly initialised ``Qwen2ForCausalLM`` with DeepSeek-R1-Distill-Qwen-1.5B's
-architecture and the real R1 tokenizer (``r1_sft.tiny_model.build_random_model``) in a temporary
+architecture and the real R1 tokenizer (``r1_sft.model.random_model.build_random_model``) in a temporary
 folder, then trains it the way the training script does (``setup_lora_model``, ``make_collator``,
 ``SFTTrainer`` with the run's ``loss_chunk_tokens``; gradient checkpointing, LoRA r=16 on all
 linear layers) for each of
@@ -10,7 +10,7 @@ linear layers) for each of
 
 on synthetic examples of R1-like lengths. Per configuration, after WARMUP_STEPS untimed steps:
 real (non-pad) tokens/s, model FLOP/s and MFU, peak GPU memory (``torch.cuda.max_memory_allocated``)
-and, beside it, the memory formula's estimate for the largest batch seen (``r1_sft.memory_estimate``).
+and, beside it, the memory formula's estimate for the largest batch seen (``r1_sft.training.memory_estimate``).
 A random model trains as fast as the real one (content does not change the compute).
 
 Each configuration is isolated: an out-of-memory or any other error is recorded in its row and the
@@ -55,9 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
 from r1_sft.jsonl_io import atomic_write_text  # noqa: E402
+from r1_sft.model.random_model import (  # noqa: E402
+    REAL_1_5B_ARCH,
+    TINY_RANDOM_ARCH,
+    build_random_model,
+)
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
-from r1_sft.tiny_model import REAL_1_5B_ARCH, TINY_RANDOM_ARCH, build_random_model  # noqa: E402
 
 # Dense bf16 tensor-core peaks in TFLOP/s (no sparsity), by the exact name torch.cuda.get_device_name gives.
 # Only cards whose figure is certain; anything else gets no MFU.
@@ -135,7 +139,7 @@ class StepTimer:
     def _count(self, module, args, kwargs):
         import torch
 
-        from r1_sft.batching import batch_token_counts
+        from r1_sft.training.batching import batch_token_counts
 
         if module.training and torch.is_grad_enabled():
             ids = kwargs.get("input_ids", args[0] if args else None)
@@ -214,22 +218,27 @@ def run_config(cfg: Config, model_dir: Path, arch: dict, method: str, use_4bit: 
     import torch
     from transformers import TrainingArguments, set_seed
 
-    from r1_sft import memory_estimate
-    from r1_sft.batching import LENGTH_GROUPED, PADDING_FREE, attn_implementation_of, make_collator
-    from r1_sft.lora import setup_lora_model
-    from r1_sft.sft_trainer import SFTTrainer
-    from r1_sft.training import compute_precision
+    from r1_sft.model.lora import setup_lora_model
+    from r1_sft.model.plan import make_plan
+    from r1_sft.training import memory_estimate
+    from r1_sft.training.batching import (
+        LENGTH_GROUPED,
+        PADDING_FREE,
+        attn_implementation_of,
+        make_collator,
+    )
+    from r1_sft.training.trainer import SFTTrainer
 
     chunk = cfg.loss_chunk_tokens if loss == "chunked" else 0
     set_seed(cfg.seed)
     # The training scripts' default LoRA recipe (scripts/train_stf_r1_train_val.py, TrainConfig).
+    plan = make_plan(model_dir, use_4bit=use_4bit, for_training=True)
     model, tokenizer = setup_lora_model(SimpleNamespace(
-        model_path=str(model_dir), use_4bit=use_4bit, gradient_checkpointing=True, precision="auto", device="auto",
-        lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules="all-linear"))
+        gradient_checkpointing=True, lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules="all-linear"), plan)
     collator, sampling = make_collator(tokenizer, model, strategy=PADDING_FREE if batching == "padding_free"
                                        else LENGTH_GROUPED)
     timer = StepTimer(cfg.warmup_steps)
-    precision = compute_precision()
+    precision = plan.precision.trainer_flags
     on_gpu = torch.cuda.is_available()
     row.update({"collator": type(collator).__name__, "sampling": sampling,
                 "attn_implementation": attn_implementation_of(model),

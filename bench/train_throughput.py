@@ -5,13 +5,13 @@ checkpointing), the same examples for every way of batching, one full epoch each
 
 * ``original``: random batches padded to the longest example, loss on every token (the seed's way);
 * ``ours``: what the training script does with this model's attention implementation
-  (``r1_sft.batching.make_collator``: length-grouped right padding on SDPA/eager,
+  (``r1_sft.training.batching.make_collator``: length-grouped right padding on SDPA/eager,
   padding-free on FlashAttention);
 * ``padding_free``: flattened batches forced on this attention implementation, for comparison.
 
 Two data sets: the sample SFT data (encoded exactly as in training), and synthetic examples whose
 lengths spread evenly over SYNTHETIC_MIN_TOKENS..SYNTHETIC_MAX_TOKENS like real R1 answers
-(content does not change the compute). Throughput is measured by ``r1_sft.batching.TokenStatsCallback``,
+(content does not change the compute). Throughput is measured by ``r1_sft.training.batching.TokenStatsCallback``,
 the same counter the training logs use. CPU figures on a tiny model are not GPU figures: they
 show the padding waste and the relative speed, not the real model's tokens/s.
 
@@ -93,14 +93,17 @@ def run_arm(cfg: Config, name: str, examples: list[dict], strategy: str | None) 
     """One epoch over ``examples`` with a fresh LoRA model; throughput from TokenStatsCallback."""
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from r1_sft.batching import TokenStatsCallback, attn_implementation_of, make_collator
-    from r1_sft.lora import setup_lora_model
-    from r1_sft.training import compute_precision
+    from r1_sft.model.lora import setup_lora_model
+    from r1_sft.model.plan import make_plan
+    from r1_sft.training.batching import (
+        TokenStatsCallback,
+        attn_implementation_of,
+        make_collator,
+    )
 
     set_seed(cfg.seed)
-    model, tokenizer = setup_lora_model(SimpleNamespace(
-        model_path=cfg.model_path, use_4bit=cfg.use_4bit, gradient_checkpointing=cfg.gradient_checkpointing,
-        precision="auto", device="auto", **LORA))
+    plan = make_plan(cfg.model_path, use_4bit=cfg.use_4bit, for_training=True)
+    model, tokenizer = setup_lora_model(SimpleNamespace(gradient_checkpointing=cfg.gradient_checkpointing, **LORA), plan)
     if strategy == "original":
         collator, sampling = original_collator(tokenizer.pad_token_id), "random"
     else:
@@ -109,7 +112,7 @@ def run_arm(cfg: Config, name: str, examples: list[dict], strategy: str | None) 
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=cfg.per_device_train_batch_size,
                                  num_train_epochs=1, logging_steps=10, save_strategy="no", report_to="none",
                                  train_sampling_strategy=sampling, remove_unused_columns=False, seed=cfg.seed,
-                                 learning_rate=1e-4, disable_tqdm=True, **compute_precision())
+                                 learning_rate=1e-4, disable_tqdm=True, **plan.precision.trainer_flags)
         trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=examples,
                           callbacks=[TokenStatsCallback()])
         trainer.train()
@@ -125,7 +128,7 @@ def run_arm(cfg: Config, name: str, examples: list[dict], strategy: str | None) 
 
 
 def bench_dataset(cfg: Config, label: str, examples: list[dict]) -> dict:
-    from r1_sft.batching import PADDING_FREE
+    from r1_sft.training.batching import PADDING_FREE
 
     lengths = sorted(e["length"] for e in examples)
     print(f"[bench] {label}: {len(examples)} examples, {sum(lengths)} tokens, "
@@ -153,8 +156,8 @@ def bench_dataset(cfg: Config, label: str, examples: list[dict]) -> dict:
 def main(cfg: Config):
     import torch
 
-    from r1_sft.modeling import load_tokenizer
-    from r1_sft.sft_data import load_split
+    from r1_sft.model.folders import load_tokenizer
+    from r1_sft.training.encoding import load_split
 
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)

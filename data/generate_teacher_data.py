@@ -34,14 +34,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
+from r1_sft.data.conversion import rejects_path  # noqa: E402
+from r1_sft.data.teacher_api import (  # noqa: E402
+    REQUEST_FAILED,
+    Cancelled,
+    FatalAPIError,
+    RequestFailed,
+    judge,
+    reasoning_steps,
+    request_body,
+)
+from r1_sft.data.teacher_store import (  # noqa: E402
+    AppendLog,
+    Question,
+    answered_keys,
+    compact_rejects,
+    load_questions,
+)
 from r1_sft.jsonl_io import atomic_write_text  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.r1_format import build_user_text  # noqa: E402
-from r1_sft.conversion import rejects_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
-from r1_sft.teacher_api import (REQUEST_FAILED, Cancelled, FatalAPIError, RequestFailed,  # noqa: E402
-                                judge, reasoning_steps, request_body)
-from r1_sft.teacher_store import AppendLog, Question, answered_keys, compact_rejects, load_questions  # noqa: E402
 
 
 @dataclass
@@ -222,7 +235,9 @@ def main(cfg: Config):
         print_dry_run(cfg, todo, bool(api_key))
         return
 
-    from r1_sft.teacher_api import TeacherClient  # imports openai: not needed for a dry run
+    from r1_sft.data.teacher_api import (
+        TeacherClient,  # imports openai: not needed for a dry run
+    )
 
     compact_rejects(rejects, done)
     rejects_log = AppendLog(rejects)

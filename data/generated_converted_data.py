@@ -2,7 +2,7 @@
 
 Reads  modelscope_r1_data/r1_data_example.jsonl ({"instruction", "question", "think", "answer",
        "metrics": {"quality_f1"}} per line).
-Writes modelscope_r1_data/converted_data.jsonl (unified records, see r1_sft/records.py),
+Writes modelscope_r1_data/converted_data.jsonl (unified records, see r1_sft/data/records.py),
        converted_data.rejects.jsonl (every unusable line with its line number and reason) and
        converted_data.run.json (config, versions, counts).
 
@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
+from r1_sft.data.conversion import run_conversion  # noqa: E402
+from r1_sft.data.records import modelscope_record  # noqa: E402
 from r1_sft.paths import repo_path  # noqa: E402
-from r1_sft.conversion import run_conversion  # noqa: E402
-from r1_sft.records import modelscope_record  # noqa: E402
 
 
 @dataclass

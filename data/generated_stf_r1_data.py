@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
+from r1_sft.data.conversion import run_conversion  # noqa: E402
+from r1_sft.data.records import unified_to_sft  # noqa: E402
 from r1_sft.paths import repo_path  # noqa: E402
-from r1_sft.conversion import run_conversion  # noqa: E402
-from r1_sft.records import unified_to_sft  # noqa: E402
 
 
 @dataclass

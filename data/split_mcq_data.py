@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, name_field, parse_config  # noqa: E402
-from r1_sft.mcq_split import split_mcq  # noqa: E402
+from r1_sft.data.mcq_split import split_mcq  # noqa: E402
 from r1_sft.paths import repo_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
 

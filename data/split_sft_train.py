@@ -7,7 +7,7 @@ Writes dataset/train.jsonl, dataset/val.jsonl and dataset/test.jsonl: questions 
        dataset/sft_stats.json (counts, character-length percentiles per split, run info) and
        dataset/sft_train.split.rejects.jsonl (duplicates and bad lines, with line numbers and reasons).
 
-The ratios, seed and output folder shared with data/split_stf_r1_data.py are in r1_sft/splits.py
+The ratios, seed and output folder shared with data/split_stf_r1_data.py are in r1_sft/data/splits.py
 (SplitConfig); this file names its own input and output files.
 
     python data/split_sft_train.py --val_ratio 0.1 --test_ratio 0.1 --seed 42
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, name_field, parse_config  # noqa: E402
-from r1_sft.splits import SplitConfig, run_split  # noqa: E402
+from r1_sft.data.splits import SplitConfig, run_split  # noqa: E402
 
 
 @dataclass

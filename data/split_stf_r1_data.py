@@ -8,7 +8,7 @@ Writes dataset/sft_r1_train.jsonl, dataset/sft_r1_val.jsonl and dataset/sft_r1_t
        character-length percentiles per split, run info) and dataset/sft_r1_data.split.rejects.jsonl
        (duplicates and bad lines, with line numbers and reasons).
 
-The ratios, seed and output folder shared with data/split_sft_train.py are in r1_sft/splits.py
+The ratios, seed and output folder shared with data/split_sft_train.py are in r1_sft/data/splits.py
 (SplitConfig); this file names its own input and output files.
 
     python data/split_stf_r1_data.py --val_ratio 0.1 --test_ratio 0.1 --seed 42
@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, name_field, parse_config  # noqa: E402
-from r1_sft.splits import SplitConfig, run_split  # noqa: E402
+from r1_sft.data.splits import SplitConfig, run_split  # noqa: E402
 
 
 @dataclass

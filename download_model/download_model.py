@@ -6,7 +6,7 @@ ones. At the end it checks that config, tokenizer and safetensors weights are al
 the folder and its size. With no network: one line naming the host, exit code 2.
 
 ``--tiny``: builds, offline and deterministically, a tiny ``Qwen2ForCausalLM`` with R1's tokens,
-chat template and traps (``r1_sft/tiny_model.py``), pre-trained on the sample corpus
+chat template and traps (``r1_sft/model/tiny_model.py``), pre-trained on the sample corpus
 (modelscope_r1_data/r1_data_example.jsonl, r1_generated/001-003.jsonl) until it knows it nearly
 by heart. Tests and ``make demo`` use it.
 
@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
-from r1_sft.modeling import local_model_dir  # noqa: E402
+from r1_sft.model.folders import local_model_dir  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.run_info import save_run_info  # noqa: E402
 
@@ -70,7 +70,7 @@ def main(cfg: Config) -> Path:
 
 
 def build_tiny(cfg: Config) -> Path:
-    from r1_sft.tiny_model import build_tiny_model, default_corpus_files
+    from r1_sft.model.tiny_model import build_tiny_model, default_corpus_files
 
     out = repo_path(cfg.local_dir or TINY_DIR)
     files = default_corpus_files()

@@ -56,8 +56,8 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
 
     A missing file or a line that is not a JSON object is a UserError naming the file and line.
     """
-    from .cli import UserError
-    from .paths import display_path, tried_path
+    from r1_sft.cli import UserError
+    from r1_sft.paths import display_path, tried_path
 
     path = Path(path)
     if not path.is_file():

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .paths import REPO_ROOT
+from r1_sft.paths import REPO_ROOT
 
 _LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate",
               "tokenizers", "safetensors", "modelscope", "jieba", "rouge", "sacrebleu")
@@ -39,10 +39,15 @@ def git_commit() -> str | None:
         return None
 
 
-def run_info(cfg) -> dict:
+def run_info(cfg, plan=None) -> dict:
+    """The record: the resolved config, the run's plan (``RunPlan.record()``: what ran, decided once),
+    the command line, library versions, the git commit and the time."""
     config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    plans = plan if isinstance(plan, dict) else {"": plan} if plan is not None else {}
+    recorded = {name: p.record() for name, p in plans.items()}
     return {
         "config": config,
+        **({"plan": recorded[""]} if set(recorded) == {""} else {"plans": recorded} if recorded else {}),
         "argv": sys.argv,
         "versions": library_versions(),
         "git_commit": git_commit(),
@@ -50,12 +55,12 @@ def run_info(cfg) -> dict:
     }
 
 
-def save_run_info(cfg, path: str | Path) -> Path:
-    """Write the run record as JSON at ``path`` (atomically)."""
-    from .jsonl_io import atomic_write_text
+def save_run_info(cfg, path: str | Path, plan=None) -> Path:
+    """Write the run record as JSON at ``path`` (atomically); ``plan``: the run's RunPlan (or {name: RunPlan})."""
+    from r1_sft.jsonl_io import atomic_write_text
 
     path = Path(path)
-    atomic_write_text(path, json.dumps(run_info(cfg), ensure_ascii=False, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(run_info(cfg, plan), ensure_ascii=False, indent=2, default=str) + "\n")
     return path
 
 
@@ -82,7 +87,7 @@ def adapter_base_note(folder, use_4bit: bool, dtype, action: str = "runs on",
     weights: outputs then differ slightly from the model that was trained. ``folder`` is a
     ``modeling.ModelFolder``; None for a base or merged folder, or when nothing was recorded.
     """
-    from .paths import display_path
+    from r1_sft.paths import display_path
 
     if folder.adapter_path is None:
         return None

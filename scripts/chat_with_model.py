@@ -24,12 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from r1_sft.chat import ChatSession, find_model_folders, model_menu_label  # noqa: E402
 from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
-from r1_sft.conversation import NOTICE, ChatSettings, context_limit, set_setting  # noqa: E402
-from r1_sft.decoding import TEMPERATURE, TOP_P  # noqa: E402
-from r1_sft.generation import load_for_generation  # noqa: E402
-from r1_sft.modeling import RunsOn, decide_precision, pick_device  # noqa: E402
+from r1_sft.inference.chat import ChatSession, find_model_folders, model_menu_label  # noqa: E402
+from r1_sft.inference.conversation import (  # noqa: E402
+    NOTICE,
+    ChatSettings,
+    context_limit,
+    set_setting,
+)
+from r1_sft.inference.decoding import TEMPERATURE, TOP_P  # noqa: E402
+from r1_sft.inference.generation import load_for_generation  # noqa: E402
+from r1_sft.model.plan import make_plan  # noqa: E402
+from r1_sft.model.precision import RunsOn, check_run_settings  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 
 
@@ -104,10 +110,11 @@ def main(cfg: Config) -> None:
         import readline  # noqa: F401  (line editing and input history for input())
     settings = ChatSettings(think=cfg.think)
     apply_settings(cfg, settings, limit=1 << 62)  # ranges first: a bad value costs no model load
-    device = pick_device(cfg.device)
-    decide_precision(device, requested=cfg.precision)
+    check_run_settings(cfg.device, cfg.precision)  # names first: a typo costs no model search
     model_path = choose_model(cfg, interactive)
-    model, tokenizer = load_for_generation(model_path, use_4bit=cfg.use_4bit, precision=cfg.precision, device=device)
+    plan = make_plan(model_path, device=cfg.device, precision=cfg.precision, use_4bit=cfg.use_4bit)
+    print(plan.describe(), flush=True)
+    model, tokenizer = load_for_generation(plan)
     limit = context_limit(model, tokenizer, cfg.max_context)
     apply_settings(cfg, settings, limit)  # max_new_tokens against the model's context
     session = ChatSession(model, tokenizer, display_path(repo_path(model_path)), settings, limit,

@@ -1,6 +1,6 @@
 """Ask one question to the base and the fine-tuned model with the same decoding; show both answers.
 
-Decoding is the project's protocol (r1_sft/decoding.py, the same as the evaluation's): sampling at
+Decoding is the project's protocol (r1_sft/inference/decoding.py, the same as the evaluation's): sampling at
 T=0.6, top_p=0.95 with a fixed seed, up to 4,096 new tokens; --no_do_sample for greedy.
 Every folder and value is checked before the first model loads.
 
@@ -21,9 +21,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
-from r1_sft.decoding import DO_SAMPLE, MAX_NEW_TOKENS, SEED, TEMPERATURE, TOP_P, check_decoding, describe  # noqa: E402
-from r1_sft.evaluation import DEFAULT_ADAPTER, DEFAULT_BASE, check_backend, choose_models, generate_all  # noqa: E402
-from r1_sft.metrics import outcome  # noqa: E402
+from r1_sft.evaluation.metrics import outcome  # noqa: E402
+from r1_sft.evaluation.run import (  # noqa: E402
+    DEFAULT_ADAPTER,
+    DEFAULT_BASE,
+    check_backend,
+    choose_models,
+    generate_all,
+)
+from r1_sft.inference.decoding import (  # noqa: E402
+    DO_SAMPLE,
+    MAX_NEW_TOKENS,
+    SEED,
+    TEMPERATURE,
+    TOP_P,
+    check_decoding,
+    describe,
+)
 from r1_sft.r1_format import build_user_text, parse_output  # noqa: E402
 
 MISSING = {"cut_off": "(无：思考未结束，已达到 max_new_tokens)", "stopped_without_answer": "(无：模型未给出回答就停止了)"}

@@ -9,7 +9,7 @@ option-letter accuracy (single- and multi-answer apart, per exam class where the
 Decoding follows DeepSeek's protocol for R1 models by default: sampling at T=0.6, top_p=0.95 with
 a fixed seed, up to 4,096 new tokens, --n_samples K samples per question with every score averaged
 (mean and spread in the report); --no_do_sample for greedy. Generation is the chat's and the
-server's (r1_sft/generation.py): batch i is seeded SEED + i, so with --batch_size 1 the first answer
+server's (r1_sft/inference/generation.py): batch i is seeded SEED + i, so with --batch_size 1 the first answer
 is what `chat_with_model.py --once` and the server say for the same seed and values.
 
 A QLoRA adapter (trained with use_4bit, as its run_info.json records) is scored on the unquantized
@@ -45,8 +45,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES  # noqa: E402
-from r1_sft.evaluation import DEFAULT_ADAPTER, DEFAULT_BASE, DEFAULT_DATA, EvalConfig, run_evaluation  # noqa: E402
+from r1_sft.evaluation.run import (  # noqa: E402
+    DEFAULT_ADAPTER,
+    DEFAULT_BASE,
+    DEFAULT_DATA,
+    EvalConfig,
+    run_evaluation,
+)
+from r1_sft.inference.decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES  # noqa: E402
 
 
 @dataclass

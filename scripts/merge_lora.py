@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
-from r1_sft.modeling import MERGE_INFO, merge_adapter, resolve_model_folder  # noqa: E402
+from r1_sft.model.folders import MERGE_INFO, resolve_model_folder
+from r1_sft.model.loading import merge_adapter  # noqa: E402
 from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
 from r1_sft.run_info import adapter_base_note, save_run_info  # noqa: E402
 

@@ -7,7 +7,7 @@ think block, `message.content` the answer (streamed as `delta.reasoning_content`
 turn, earlier answers enter the prompt without their reasoning, generation starts inside <think>.
 Generation runs `max_concurrency` at a time; `max_queue` more requests wait, then 429. Decoding
 (top-k off, a request's `seed`), stop tokens and streaming are the chat's and the evaluation's
-(r1_sft/generation.py): the same request gives the same text as they do. A QLoRA adapter runs on
+(r1_sft/inference/generation.py): the same request gives the same text as they do. A QLoRA adapter runs on
 the unquantized base unless --use_4bit (one line says which).
 
 Reads:  a model folder (--model: base, LoRA adapter -> its base is loaded, or merged)
@@ -27,11 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
-from r1_sft.conversation import NOTICE, context_limit  # noqa: E402
-from r1_sft.generation import load_for_generation  # noqa: E402
-from r1_sft.modeling import RunsOn, decide_precision, pick_device, resolve_model_folder  # noqa: E402
+from r1_sft.inference.conversation import NOTICE, context_limit  # noqa: E402
+from r1_sft.inference.generation import load_for_generation  # noqa: E402
+from r1_sft.inference.serving import ServerSettings, bind_socket, create_app, run_server  # noqa: E402
+from r1_sft.model.plan import make_plan  # noqa: E402
+from r1_sft.model.precision import RunsOn  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
-from r1_sft.serving import ServerSettings, bind_socket, create_app, run_server  # noqa: E402
 
 
 @dataclass
@@ -78,11 +79,11 @@ def is_loopback(host: str) -> bool:
 @cli_main
 def main(cfg: Config) -> None:
     api_key = check_config(cfg)
-    resolve_model_folder(cfg.model)  # a wrong path is a one-line error before anything else
-    device = pick_device(cfg.device)
-    decide_precision(device, requested=cfg.precision)
+    # Folder, device and precision decided once (a wrong path or setting is one line before anything loads).
+    plan = make_plan(cfg.model, device=cfg.device, precision=cfg.precision, use_4bit=cfg.use_4bit)
+    print(plan.describe(), flush=True)
     sock = bind_socket(cfg.host, cfg.port)
-    model, tokenizer = load_for_generation(cfg.model, use_4bit=cfg.use_4bit, precision=cfg.precision, device=device)
+    model, tokenizer = load_for_generation(plan)
     limit = context_limit(model, tokenizer, cfg.max_context)
     if cfg.max_tokens >= limit:
         raise UserError(f"--max_tokens {cfg.max_tokens}: must be below the context limit {limit}")

@@ -3,7 +3,7 @@
 Works on the real DeepSeek-R1-Distill-Qwen-1.5B, the offline tiny stand-in, a LoRA adapter folder
 (its base is loaded automatically) or a merged folder. Prompts come from the model's own chat
 template (ending in ``<think>\\n``), so the output starts inside the think block. Decoding is the
-project's protocol (r1_sft/decoding.py, shared with the evaluation): sampling at T=0.6, top_p=0.95
+project's protocol (r1_sft/inference/decoding.py, shared with the evaluation): sampling at T=0.6, top_p=0.95
 with a fixed seed, up to 4,096 new tokens; --no_do_sample for greedy.
 
 Reads:  MODEL_PATH
@@ -21,11 +21,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.decoding import (DO_SAMPLE, MAX_NEW_TOKENS, SEED, TEMPERATURE, TOP_P, Decoding,  # noqa: E402
-                             check_decoding, describe)
-from r1_sft.generation import generate_responses, load_for_generation  # noqa: E402
+from r1_sft.inference.decoding import (  # noqa: E402
+    DO_SAMPLE,
+    MAX_NEW_TOKENS,
+    SEED,
+    TEMPERATURE,
+    TOP_P,
+    Decoding,
+    check_decoding,
+    describe,
+)
+from r1_sft.inference.generation import generate_responses, load_for_generation  # noqa: E402
 from r1_sft.jsonl_io import write_jsonl  # noqa: E402
-from r1_sft.modeling import RunsOn, decide_precision, pick_device  # noqa: E402
+from r1_sft.model.plan import make_plan  # noqa: E402
+from r1_sft.model.precision import RunsOn  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.r1_format import build_prompt, parse_output  # noqa: E402
 
@@ -51,10 +60,9 @@ class Config(RunsOn):
 @cli_main
 def main(cfg: Config) -> list[dict]:
     check_decoding(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    device = pick_device(cfg.device)
-    decide_precision(device, requested=cfg.precision)
-    model, tokenizer = load_for_generation(cfg.model_path, use_4bit=cfg.use_4bit, precision=cfg.precision,
-                                           device=device)
+    plan = make_plan(cfg.model_path, device=cfg.device, precision=cfg.precision, use_4bit=cfg.use_4bit)
+    print(plan.describe(), flush=True)
+    model, tokenizer = load_for_generation(plan)
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
     print(f"[test_model] prompt of question 1: {build_prompt(tokenizer, conversations[0])!r}", flush=True)
     decoding = describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)

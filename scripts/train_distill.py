@@ -8,7 +8,7 @@ Token-level (``--use_teacher_logits``): a teacher that shares the student's toke
 DeepSeek-R1-Distill-Qwen-7B or 14B) runs frozen beside the student, and the loss over the
 trained (reasoning + answer) tokens becomes
     (1 - LAMBDA_KL) · CE + LAMBDA_KL · KD_TEMPERATURE² · KL(teacher ‖ student)
-(r1_sft/distill.py; chunked over tokens, so full-vocabulary logits are never held for the whole
+(r1_sft/training/distill.py; chunked over tokens, so full-vocabulary logits are never held for the whole
 batch). A teacher with another tokenizer is refused (one line, exit code 2) before training.
 
 Reads:  MODEL_PATH (student base), TRAIN_FILE and VAL_FILE ({"input", "output"} JSONL),
@@ -31,21 +31,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
-from r1_sft.distill import (KDTrainer, check_kd_settings, check_same_tokenizer, check_token_level_run,  # noqa: E402
-                            load_teacher)
-from r1_sft.loss import loss_peak_bytes  # noqa: E402
-from r1_sft.modeling import load_tokenizer  # noqa: E402
+from r1_sft.model.folders import load_tokenizer  # noqa: E402
 from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
-from r1_sft.run_outputs import check_output_dir  # noqa: E402
-from r1_sft.train_checks import check_before_loading, check_teacher_folder, check_values  # noqa: E402
-from r1_sft.train_config import TrainConfig  # noqa: E402
-from r1_sft.training import run_training  # noqa: E402
+from r1_sft.training.checks import (  # noqa: E402
+    check_before_loading,
+    check_teacher_folder,
+    check_values,
+)
+from r1_sft.training.config import TrainConfig  # noqa: E402
+from r1_sft.training.distill import (  # noqa: E402
+    KDTrainer,
+    check_kd_settings,
+    check_same_tokenizer,
+    check_token_level_run,
+    load_teacher,
+)
+from r1_sft.training.loss import loss_peak_bytes  # noqa: E402
+from r1_sft.training.outputs import check_output_dir  # noqa: E402
+from r1_sft.training.run import run_training  # noqa: E402
 
 
 @dataclass
 class Config(TrainConfig):
     # The settings people change most, with their defaults (written only here); every other knob, its default
-    # and meaning is in r1_sft/train_config.py TrainConfig (all of them: --help).
+    # and meaning is in r1_sft/training/config.py TrainConfig (all of them: --help).
     model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # student base model folder
     train_file: str = "dataset/train.jsonl"  # teacher-branch training records {"input", "output"}
     val_file: str = "dataset/val.jsonl"  # teacher-branch validation records (eval loss, best model)
@@ -85,22 +94,23 @@ def main(cfg: Config) -> None:
               f"(--use_teacher_logits for token-level distillation)", flush=True)
         run_training(cfg)
         return
-    check_before_loading(cfg)  # the student's side: paths, trackers, data format, LoRA names
+    checked = check_before_loading(cfg)  # the student's side: its plan, paths, trackers, data format, LoRA names
+    plan = checked[0]
     check_teacher_folder(cfg.teacher_model_path)
     check_token_level_run(cfg)  # engines and loss flags that cannot carry a teacher
     if not cfg.dry_run:  # before minutes of teacher loading, not after
         check_output_dir(repo_path(cfg.output_dir), cfg.resume, cfg.overwrite_output_dir)
 
-    student_tokenizer = load_tokenizer(cfg.model_path, padding_side="right")
+    student_tokenizer = load_tokenizer(plan.folder, padding_side="right")
     if cfg.dry_run:  # check the pairing, show the encoding, load no model
         check_same_tokenizer(student_tokenizer, load_tokenizer(cfg.teacher_model_path), cfg.model_path,
                              cfg.teacher_model_path)
         print(f"[distill] teacher {display_path(repo_path(cfg.teacher_model_path))} shares the student's tokenizer",
               flush=True)
-        run_training(cfg)
+        run_training(cfg, checked=checked)
         return
-    teacher, kl_vocab = load_teacher(cfg.teacher_model_path, student_tokenizer, cfg.model_path,
-                                     use_4bit=cfg.teacher_use_4bit, precision=cfg.precision, device=cfg.device)
+    teacher, kl_vocab = load_teacher(cfg.teacher_model_path, student_tokenizer, plan,
+                                     use_4bit=cfg.teacher_use_4bit, precision=cfg.precision)
     when = "every step" if cfg.lambda_kl > 0 else "evaluation only (lambda_kl=0: training is plain SFT)"
     print(f"[distill] token-level: loss = {1 - cfg.lambda_kl:g}·CE + {cfg.lambda_kl:g}·{cfg.kd_temperature:g}²·"
           f"KL(teacher ‖ student) over trained tokens; teacher runs {when}; KL over {kl_vocab} tokens in chunks "
@@ -108,7 +118,7 @@ def main(cfg: Config) -> None:
           flush=True)
     run_training(cfg, trainer_cls=KDTrainer, trainer_kwargs=dict(
         teacher_model=teacher, lambda_kl=cfg.lambda_kl, kd_temperature=cfg.kd_temperature, kl_vocab=kl_vocab,
-        kd_chunk_tokens=cfg.kd_chunk_tokens))
+        kd_chunk_tokens=cfg.kd_chunk_tokens), checked=checked)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """GRPO after SFT: reinforcement learning with verifiable multiple-choice rewards (TRL's GRPOTrainer).
 
 For each training question the model samples a group of completions with R1's sampling protocol
-(T=0.6, top_p=0.95); each completion is scored by three small rewards (r1_sft/rewards.py): the exact
+(T=0.6, top_p=0.95); each completion is scored by three small rewards (r1_sft/rl/rewards.py): the exact
 set of option letters stated after </think> (the project's MCQ reader), the format (think closed once,
 an answer that states a choice) and an over-length penalty for completions cut at the limit. The
 policy -- a new LoRA adapter on the base, or the SFT adapter continued -- is pushed toward the
@@ -30,12 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.grpo import GrpoConfig, run_grpo  # noqa: E402
+from r1_sft.rl.config import GrpoConfig  # noqa: E402
+from r1_sft.rl.grpo import run_grpo  # noqa: E402
 
 
 @dataclass
 class Config(GrpoConfig):
-    # The settings people change most; every other knob (and its meaning) is in r1_sft/grpo.py GrpoConfig.
+    # The settings people change most; every other knob (and its meaning) is in r1_sft/rl/config.py GrpoConfig.
     model_path: str = "model/deepseek_r1_1.5b_lora/best_model"  # the SFT adapter to continue (or a base model folder)
     train_file: str = "dataset/mcq_train.jsonl"  # multiple-choice training questions (data/split_mcq_data.py)
     val_file: str = "dataset/mcq_val.jsonl"  # validation questions (eval accuracy, best model)

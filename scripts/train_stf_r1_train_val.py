@@ -26,14 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.train_config import TrainConfig  # noqa: E402
-from r1_sft.training import run_training  # noqa: E402
+from r1_sft.training.config import TrainConfig  # noqa: E402
+from r1_sft.training.run import run_training  # noqa: E402
 
 
 @dataclass
 class Config(TrainConfig):
     # The settings people change most, with their defaults (written only here); every other knob, its default
-    # and meaning is in r1_sft/train_config.py TrainConfig (all of them: --help).
+    # and meaning is in r1_sft/training/config.py TrainConfig (all of them: --help).
     model_path: str = "model/deepseek_ai/DeepSeek-R1-Distill-Qwen-1.5B"  # base model folder
     train_file: str = "dataset/sft_r1_train.jsonl"  # training records {"input", "output"}
     val_file: str = "dataset/sft_r1_val.jsonl"  # validation records (eval loss, best model)

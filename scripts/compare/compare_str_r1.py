@@ -1,6 +1,6 @@
 """The seed's batch comparison of the base and fine-tuned models: a thin call of the evaluation code.
 
-Same flags, files, decoding protocol and metrics as scripts/evaluate_model.py (r1_sft/evaluation.py
+Same flags, files, decoding protocol and metrics as scripts/evaluate_model.py (r1_sft/evaluation/run.py
 does the work); kept under its seed name. Results go to scripts/compare/evaluation_results/RUN_NAME/.
 
 Reads:  DATA (default dataset/sft_r1_test.jsonl, the held-out test split), BASE_MODEL, ADAPTER ("" or absent default = base only).
@@ -18,7 +18,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.evaluation import DEFAULT_ADAPTER, DEFAULT_BASE, EvalConfig, run_evaluation  # noqa: E402
+from r1_sft.evaluation.run import (  # noqa: E402
+    DEFAULT_ADAPTER,
+    DEFAULT_BASE,
+    EvalConfig,
+    run_evaluation,
+)
 
 
 @dataclass

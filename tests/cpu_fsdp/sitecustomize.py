@@ -2,10 +2,10 @@
 
 accelerate's ``AcceleratorState`` turns the FSDP plugin on only for accelerator device types; under
 ``torchrun`` on a CPU it keeps ``MULTI_CPU`` and the Trainer silently trains plain DDP (which is why
-``r1_sft.parallel`` refuses ``--fsdp_config`` on a CPU). PyTorch's FSDP2 itself shards over gloo on a
-CPU, so this module -- put on PYTHONPATH by tests/test_fsdp.py only -- sets the state to FSDP when a
+``r1_sft.training.parallel`` refuses ``--fsdp_config`` on a CPU). PyTorch's FSDP2 itself shards over gloo on a
+CPU, so this module -- put on PYTHONPATH by tests/training/test_fsdp.py only -- sets the state to FSDP when a
 plugin was given (also when the Trainer re-creates the state) and lets ``--fsdp_config`` through
-``r1_sft.parallel``'s CPU refusal. Everything else is the real script, Trainer, accelerate and torch.
+``r1_sft.training.parallel``'s CPU refusal. Everything else is the real script, Trainer, accelerate and torch.
 """
 import os
 
@@ -27,6 +27,6 @@ if os.environ.get("R1_SFT_TEST_CPU_FSDP") == "1":
 
     _state.AcceleratorState.__init__ = _init_with_cpu_fsdp
 
-    import r1_sft.parallel as _parallel
+    import r1_sft.training.parallel as _parallel
 
     _parallel._needs_gpu = lambda *args, **kwargs: None

@@ -1,0 +1,262 @@
+"""GRPO after SFT (scripts/train_grpo.py, r1_sft/rl/grpo.py) on the offline stand-in: it runs, it learns, its
+output loads where SFT's does, and bad input stops it before any model loads."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from r1_sft.cli import UserError
+
+from conftest import REPO, run_script
+
+SAMPLE = REPO / "mcq_data" / "medical_mcq.jsonl"
+CMB = REPO / "tests" / "fixtures" / "benchmarks" / "cmb_exam.json"
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+COMMA = 3837  # "，" in R1's vocabulary: the stand-in samples it in about 6% of its tokens
+
+
+def _write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _sample(n: int) -> list[dict]:
+    return [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()[:n]]
+
+
+def _config(model_path, tmp_path, **overrides):
+    from r1_sft.rl.config import GrpoConfig
+
+    settings = dict(model_path=str(model_path), train_file=str(SAMPLE), val_file=str(CMB),
+                    output_dir=str(tmp_path / "grpo"), use_4bit=False, lora_r=8, lora_alpha=16, learning_rate=2e-2,
+                    num_train_epochs=1.0, max_steps=4, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                    num_generations=2, max_completion_length=8, beta=0.0, loss_type="dapo", eval_steps=100,
+                    save_steps=100, seed=0)
+    settings.update(overrides)
+    return GrpoConfig(**settings)
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tiny_model_dir, tmp_path_factory):
+    """The issue's end-to-end run: 4 steps on the stand-in from its base, small groups, KL on."""
+    tmp = tmp_path_factory.mktemp("grpo_run")
+    val = _write_jsonl(tmp / "val.jsonl", _sample(2))
+    out = tmp / "grpo"
+    proc = run_script("scripts/train_grpo.py", "--model_path", tiny_model_dir, "--train_file", SAMPLE,
+                      "--val_file", val, "--output_dir", out, "--max_steps", "4", "--per_device_train_batch_size", "4",
+                      "--gradient_accumulation_steps", "1", "--num_generations", "2", "--max_completion_length", "16",
+                      "--eval_steps", "2", "--save_steps", "2", "--beta", "0.04", env=ONE_THREAD, timeout=900)
+    return out, val, proc
+
+
+def test_four_steps_write_what_sft_writes_and_log_every_reward(grpo_run, tiny_model_dir):
+    out, _, proc = grpo_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("best_model", "final_model", "checkpoint-2", "checkpoint-4"):
+        assert (out / name / "adapter_model.safetensors").is_file(), name
+    assert not (out / "best_model" / "ref").exists()  # TRL's frozen reference copy is not part of the result
+    config = json.loads((out / "final_model" / "adapter_config.json").read_text(encoding="utf-8"))
+    assert Path(config["base_model_name_or_path"]).resolve() == Path(tiny_model_dir).resolve()
+    logs = out / "training_logs"
+    assert (logs / "reward_curve.png").is_file() and (logs / "run_info.json").is_file()
+    history = [json.loads(line) for line in (logs / "log_history.jsonl").read_text(encoding="utf-8").splitlines()]
+    train = [h for h in history if "reward" in h]
+    assert [h["step"] for h in train] == [1, 2, 3, 4]  # every step
+    for h in train:
+        for name in ("accuracy_reward", "format_reward", "overlong_penalty"):
+            assert f"rewards/{name}/mean" in h and f"rewards/{name}/std" in h
+        for key in ("reward_std", "completions/mean_length", "completions/clipped_ratio", "kl"):
+            assert key in h, key
+        # the over-length penalty's mean is minus the fraction cut at the limit
+        assert h["rewards/overlong_penalty/mean"] == pytest.approx(-h["completions/clipped_ratio"])
+    assert [h["step"] for h in history if "eval_rewards/accuracy_reward/mean" in h] == [2, 4]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[train] step")]
+    assert len(lines) == 4 and all(k in lines[-1] for k in ("reward ", "accuracy ", "format ", "cut ", "kl "))
+    assert "[eval] step 2/4" in proc.stdout and "best validation accuracy_reward" in proc.stdout
+    assert "FutureWarning" not in proc.stderr
+
+
+def test_the_adapter_loads_in_mcq_evaluation_and_chat(grpo_run, tiny_model_dir, tmp_path):
+    out, val, _ = grpo_run
+    proc = run_script("scripts/evaluate_model.py", "--task", "mcq", "--data", val, "--base_model", tiny_model_dir,
+                      "--adapter", out / "final_model", "--adapter2", out / "best_model", "--num_samples", "2",
+                      "--n_samples", "1", "--max_new_tokens", "8", "--output_dir", tmp_path, "--run_name", "loop",
+                      env=ONE_THREAD, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "loop" / "summary.json").read_text(encoding="utf-8"))
+    assert list(summary["models"]) == ["base", "tuned", "tuned2"]  # base vs SFT vs GRPO in one report
+    assert all("accuracy" in block for block in summary["models"].values())
+    assert "tuned2" in (tmp_path / "loop" / "report.md").read_text(encoding="utf-8")
+    chat = run_script("scripts/chat_with_model.py", "--model", out / "best_model", "--once", "头痛怎么办？",
+                      "--max_new_tokens", "6", "--temperature", "0", cwd=tmp_path, env=ONE_THREAD, timeout=300)
+    assert chat.returncode == 0, chat.stderr[-3000:]
+
+
+def test_resume_continues_from_the_newest_checkpoint(grpo_run, tiny_model_dir, tmp_path):
+    import shutil
+
+    out, val, _ = grpo_run
+    copy = tmp_path / "grpo"
+    shutil.copytree(out, copy)
+    proc = run_script("scripts/train_grpo.py", "--model_path", tiny_model_dir, "--train_file", SAMPLE,
+                      "--val_file", val, "--output_dir", copy, "--max_steps", "6", "--per_device_train_batch_size", "4",
+                      "--gradient_accumulation_steps", "1", "--num_generations", "2", "--max_completion_length", "16",
+                      "--eval_steps", "2", "--save_steps", "2", "--beta", "0.04", "--resume", env=ONE_THREAD,
+                      timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[resume] continuing from" in proc.stdout and "checkpoint-4" in proc.stdout
+    steps = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("[train] step")]
+    assert steps == ["5/6", "6/6"]  # steps 1-4 are not redone
+    assert (copy / "checkpoint-6" / "adapter_model.safetensors").is_file()
+    refused = run_script("scripts/train_grpo.py", "--model_path", tiny_model_dir, "--train_file", SAMPLE,
+                         "--val_file", val, "--output_dir", copy, env=ONE_THREAD, timeout=300)
+    assert refused.returncode == 2 and "holds an earlier run" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """An SFT-like adapter on the stand-in (random non-zero LoRA on q/v, rank 4)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    out = tmp_path_factory.mktemp("sft") / "best_model"
+    get_peft_model(model, lora).save_pretrained(out)
+    return out
+
+
+def comma_reward(completion_ids, **_):
+    """A rigged reward the stand-in can learn in a few steps: the share of "，" in the completion."""
+    return [sum(t == COMMA for t in ids) / max(1, len(ids)) for ids in completion_ids]
+
+
+def test_grpo_learns_a_rigged_reward(tiny_model_dir, tmp_path, one_thread):
+    """Not only runs: the mean reward of the last steps is clearly above the first steps'."""
+    from r1_sft.rl.grpo import run_grpo
+
+    cfg = _config(tiny_model_dir, tmp_path, max_steps=12, per_device_train_batch_size=16, num_generations=8,
+                  gradient_checkpointing=False)
+    result = run_grpo(cfg, reward_funcs=[comma_reward])
+    rewards = [h["reward"] for h in result.log_history if "reward" in h]
+    assert len(rewards) == 12
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+    assert last > 2 * first and last - first > 0.1, rewards
+
+
+def test_continues_an_sft_adapter(sft_adapter, tiny_model_dir, tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from r1_sft.rl.grpo import run_grpo
+
+    result = run_grpo(_config(sft_adapter, tmp_path, max_steps=1), reward_funcs=[comma_reward])
+    config = json.loads((result.final_model / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]  # its own, not --lora_r 8
+    assert Path(config["base_model_name_or_path"]).resolve() == Path(tiny_model_dir).resolve()
+    before = load_file(sft_adapter / "adapter_model.safetensors")
+    after = load_file(result.final_model / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    # started from the SFT weights (random, far from a fresh adapter's zero B) and moved a little
+    changes = [float((after[k] - before[k]).abs().max()) for k in before]
+    assert 0 < max(changes) < 0.5 * max(float(v.abs().max()) for v in before.values())
+
+
+def test_prompts_are_the_evaluation_prompts_with_one_bos(tiny_model_dir):
+    from r1_sft.data.benchmarks import load_mcq
+    from r1_sft.evaluation.questions import load_items
+    from r1_sft.model.folders import load_tokenizer
+    from r1_sft.r1_format import encode_prompt
+    from r1_sft.rl.prompts import prompt_dataset
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    records, _ = load_mcq(CMB)
+    data = prompt_dataset(records, tokenizer)
+    items = load_items(CMB, "mcq")
+    for row, item in zip(data, items):
+        ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]  # how R1GRPOTrainer tokenizes
+        assert ids == encode_prompt(tokenizer, [{"role": "user", "content": item.user_text}])
+        assert ids.count(tokenizer.bos_token_id) <= 1 and row["prompt"].endswith("<｜Assistant｜><think>\n")
+        assert row["answer"] == item.reference and json.loads(row["options"]) == item.options
+
+
+def _refused_before_loading(cfg, monkeypatch, match: str):
+    import r1_sft.model.lora
+    from r1_sft.rl.grpo import run_grpo
+
+    def no_model(*_a, **_k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(r1_sft.model.lora, "setup_lora_model", no_model)
+    with pytest.raises(UserError, match=match):
+        run_grpo(cfg)
+
+
+def test_bad_question_files_and_settings_stop_before_any_model_loads(tiny_model_dir, tmp_path, monkeypatch):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    _refused_before_loading(_config(tiny_model_dir, tmp_path, val_file=str(empty)), monkeypatch, "the file is empty")
+    wrong = _write_jsonl(tmp_path / "wrong.jsonl", [{"question": "问", "options": {"A": "甲", "B": "乙"}, "answer": "C"}])
+    _refused_before_loading(_config(tiny_model_dir, tmp_path, train_file=str(wrong)), monkeypatch,
+                            "answer 'C' is not made of the option letters AB")
+    unanswered = _write_jsonl(tmp_path / "unanswered.jsonl", _sample(2) + [{"question": "问", "options": {"A": "甲",
+                                                                                                         "B": "乙"}}])
+    _refused_before_loading(_config(tiny_model_dir, tmp_path, train_file=str(unanswered)), monkeypatch,
+                            "1 question.* without an answer .*split_mcq_data")
+    _refused_before_loading(_config(tiny_model_dir, tmp_path, num_generations=3), monkeypatch,
+                            "--num_generations 3 must divide")
+    _refused_before_loading(_config(tiny_model_dir, tmp_path, loss_type="ppo"), monkeypatch, "--loss_type 'ppo'")
+    _refused_before_loading(_config(tiny_model_dir, tmp_path, use_vllm=True, use_4bit=True), monkeypatch,
+                            "--use_vllm with --use_4bit")
+    _refused_before_loading(_config(tmp_path / "no_sft_yet", tmp_path), monkeypatch,
+                            "--model_path .*no_sft_yet: not found .*train_stf_r1_train_val.py first")
+
+
+def test_a_bad_file_is_one_line_from_the_script(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    proc = run_script("scripts/train_grpo.py", "--model_path", tiny_model_dir, "--train_file", empty,
+                      "--val_file", CMB, "--output_dir", tmp_path / "out", env=ONE_THREAD, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --train_file")
+    assert "\n" not in proc.stderr.strip() and "[model]" not in proc.stdout
+
+
+def test_dry_run_prints_the_prompt_and_the_memory_estimate(tiny_model_dir, tmp_path, capsys):
+    from r1_sft.rl.grpo import run_grpo
+
+    assert run_grpo(_config(tiny_model_dir, tmp_path, dry_run=True, gpu_memory_gb=24, beta=0.04)) is None
+    out = capsys.readouterr().out
+    assert "<｜Assistant｜><think>\n" in out and "estimated peak GPU memory" in out and "on a 24 GB GPU" in out
+    assert "[model] loaded" not in out and not (tmp_path / "grpo").exists()
+
+
+def test_memory_estimate_parts_follow_the_settings():
+    from r1_sft.rl.memory import grpo_estimate
+    from r1_sft.training.memory_estimate import R1_DISTILL_1_5B as shape
+
+    base = dict(micro_batch=8, generation_batch=32, prompt_tokens=300, completion_tokens=2048, use_4bit=False)
+    plain = grpo_estimate(shape, **base)
+    assert plain.reference_gb == 0 and plain.vllm_gb == 0
+    assert grpo_estimate(shape, **base, beta=0.04).reference_gb > 0  # the frozen "ref" adapter, not a second model
+    assert grpo_estimate(shape, **base, beta=0.04).total_gb - plain.total_gb < 0.2
+    assert grpo_estimate(shape, **{**base, "use_4bit": True}).weights_gb < plain.weights_gb / 2 + 0.5
+    kv = 32 * 2348 * shape.num_hidden_layers * 2 * shape.kv_dim * 2 / 1e9
+    assert plain.generation_gb == pytest.approx(kv + 32 * shape.vocab_size * 6 / 1e9)
+    # TRL's tiled head is a small fraction of the full logits it never builds
+    assert plain.logprob_head_gb < 1.5 < 20 < plain.full_logits_gb
+    assert plain.peak_phase == "training"  # colocated vLLM: its reservation on top, no HF generation phase
+    assert grpo_estimate(shape, **base, vllm_gb=24).total_gb == pytest.approx(plain.total_gb + 24)
