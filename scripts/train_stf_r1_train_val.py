@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
+from r1_sft.training.checks import check_before_loading  # noqa: E402
 from r1_sft.training.config import TrainConfig  # noqa: E402
-from r1_sft.training.run import run_training  # noqa: E402
 
 
 @dataclass
@@ -55,7 +55,10 @@ class Config(TrainConfig):
 
 @cli_main
 def main(cfg: Config) -> None:
-    run_training(cfg)
+    checked = check_before_loading(cfg)  # every one-line error comes before the Trainer, peft and the model load
+    from r1_sft.training.run import run_training  # the Trainer and peft: seconds to import
+
+    run_training(cfg, checked=checked)
 
 
 if __name__ == "__main__":

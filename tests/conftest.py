@@ -57,8 +57,10 @@ def repo() -> Path:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """The offline tiny R1 stand-in, built once for the whole session.
 
-    Developers may set R1_SFT_TINY_MODEL to a stand-in already built by ``make`` (model/tiny_r1) to skip
-    the 2.5-minute build; CI never sets it, so the suite always builds through the real command there.
+    ``make test`` builds it first through the real command (``download_model/download_model.py --tiny``,
+    into model/tiny_r1, as ``make demo`` does) and passes it in R1_SFT_TINY_MODEL, so that neither test
+    worker waits while the other builds; without that variable (plain ``pytest``) the first worker
+    builds it here, through the same command.
     """
     prebuilt = os.environ.get("R1_SFT_TINY_MODEL")
     if prebuilt and (Path(prebuilt) / "config.json").is_file():
@@ -75,3 +77,33 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         if not (out / "config.json").is_file():
             run_script("download_model/download_model.py", "--tiny", "--local_dir", out, check=True)
     return out
+
+
+# The slowest files first (seconds of CPU on 2 cores, from `pytest --durations=0`): pytest-xdist's
+# loadfile mode hands whole files to the two workers in collection order, so the long end-to-end
+# files start early and the short ones fill in, and both workers finish together.
+SLOW_FILES = (
+    "training/test_precision_runs.py", "training/test_training.py", "rl/test_grpo.py", "evaluation/test_evaluate.py",
+    "training/test_fsdp.py", "training/test_distill.py", "training/test_gpu_bench.py", "inference/test_chat.py",
+    "training/test_loss.py", "training/test_ddp.py", "training/test_memory_estimate.py", "model/test_models.py",
+    "inference/test_qlora_base.py", "inference/test_serve.py", "evaluation/test_evaluate_ddp.py",
+)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--stand-in", choices=("any", "none", "only"), default="any",
+                     help="none: only the tests that need no stand-in model (they run while `make test` builds it); "
+                          "only: only the tests that need it; any: all (default)")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = Path(str(item.fspath)).relative_to(REPO / "tests").as_posix()
+        return SLOW_FILES.index(path) if path in SLOW_FILES else len(SLOW_FILES)
+
+    which = config.getoption("--stand-in")
+    if which != "any":
+        keep = [item for item in items if ("tiny_model_dir" in getattr(item, "fixturenames", ())) == (which == "only")]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
+    items.sort(key=rank)  # stable: tests keep their order inside a file

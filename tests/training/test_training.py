@@ -164,10 +164,10 @@ def test_only_complete_checkpoints_are_resumed_from(tmp_path):
 
 # ----------------------------------------------------------------------------- the script
 
-def test_dry_run_writes_encoded_examples_and_trains_nothing(tiny_model_dir, tmp_path, tokenizer, records):
+def test_dry_run_writes_encoded_examples_plans_memory_and_trains_nothing(tiny_model_dir, tmp_path, tokenizer, records):
     out = tmp_path / "run"
     proc = run_script(SCRIPT, "--model_path", tiny_model_dir, "--train_file", TRAIN, "--val_file", VAL,
-                      "--output_dir", out, "--dry_run", cwd=tmp_path, env=ENV)
+                      "--output_dir", out, "--dry_run", "--gpu_memory_gb", "16", cwd=tmp_path, env=ENV)
     assert proc.returncode == 0, proc.stderr
     assert "read 24 records" in proc.stdout and "skipped 0" in proc.stdout
     assert "⟦" in proc.stdout and "<｜end▁of▁sentence｜>⟧" in proc.stdout  # the trained part, EOS included
@@ -178,6 +178,11 @@ def test_dry_run_writes_encoded_examples_and_trains_nothing(tiny_model_dir, tmp_
     assert [r["input_ids"] for r in rows] == expected["input_ids"]
     assert [r["labels"] for r in rows] == expected["labels"]
     assert not any(out.glob("checkpoint-*")) and not (out / "best_model").exists()
+    # the memory plan, from config.json alone
+    memory = [line for line in proc.stdout.splitlines() if line.startswith("[memory]")]
+    assert memory[0].startswith("[memory] estimated peak GPU memory per device: ")
+    assert any("on a 16 GB GPU: batch 4 fits; largest per-device batch at max_length" in line for line in memory)
+    assert "[model] loaded" not in proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -354,11 +359,3 @@ def test_final_model_is_the_last_step_even_when_save_total_limit_deletes_it(tiny
     assert (limited / "final_model/tokenizer.json").is_file()
 
 
-def test_dry_run_prints_the_memory_estimate_and_the_largest_batch(tiny_model_dir, tmp_path):
-    proc = run_script(SCRIPT, *train_args(tiny_model_dir, tmp_path / "out"), "--dry_run", "--gpu_memory_gb", "16",
-                      env=ENV)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    memory = [line for line in proc.stdout.splitlines() if line.startswith("[memory]")]
-    assert memory[0].startswith("[memory] estimated peak GPU memory per device: ")
-    assert any("on a 16 GB GPU: batch 4 fits; largest per-device batch at max_length" in line for line in memory)
-    assert "[model] loaded" not in proc.stdout  # from config.json alone
