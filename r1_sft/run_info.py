@@ -85,7 +85,7 @@ def adapter_base_note(folder, use_4bit: bool, dtype, action: str = "runs on",
     A QLoRA adapter is trained on the 4-bit NF4 base; evaluation, chat and serving run it on the
     unquantized base (``dtype``) unless ``--use_4bit``, and merging always folds it into unquantized
     weights: outputs then differ slightly from the model that was trained. ``folder`` is a
-    ``modeling.ModelFolder``; None for a base or merged folder, or when nothing was recorded.
+    ``r1_sft.model.folders.ModelFolder``; None for a base or merged folder, or when nothing was recorded.
     """
     from r1_sft.paths import display_path
 

@@ -1,6 +1,6 @@
 """Everything a training run can check before it loads a model: values, paths, packages, data, LoRA names.
 
-``check_before_loading(cfg)`` runs first in ``training.run_training`` (and in
+``check_before_loading(cfg)`` runs first in ``training.run.run_training`` (and in
 ``scripts/train_distill.py`` before its teacher loads) and returns the run's plan. Each mistake is
 a one-line ``UserError`` naming the flag, the value and what is allowed, instead of a traceback
 minutes later (or, worse, a run that trains nothing and exits 0). In order:

@@ -107,7 +107,7 @@ def check_token_level_run(cfg) -> None:
 
 
 class KDTrainer(SFTTrainer):
-    """The SFT trainer (``training.SFTTrainer``) with the distillation loss; plugs into ``training.run_training``.
+    """The SFT trainer (``training.trainer.SFTTrainer``) with the distillation loss; plugs into ``training.run.run_training``.
 
     The teacher is frozen and stays in eval mode. Training steps skip the teacher when λ = 0;
     evaluation always runs it, so ``eval_kl_loss`` (the student's per-token KL to the teacher on

@@ -167,7 +167,7 @@ def build_training_args(cfg: TrainConfig, plan: RunPlan, output_dir: Path, sampl
         seed=cfg.seed,
         report_to=report_to(cfg.report_to),
         run_name=output_dir.name,  # the trackers' run name: the output folder's
-        disable_tqdm=not on_terminal(),  # in a log file: no bar, train_callbacks writes compact lines instead
+        disable_tqdm=not on_terminal(),  # in a log file: no bar, training.callbacks writes compact lines instead
         dataloader_pin_memory=plan.device.startswith("cuda"),
         # On a machine without CUDA, accelerate runs real multi-process DDP under torchrun only
         # with use_cpu set; without it each process silently trains alone. --device cpu sets it too.

@@ -1,4 +1,4 @@
-"""The training loss (r1_sft/training/loss.py through training.SFTTrainer) on the 151,936-row stand-in.
+"""The training loss (r1_sft/training/loss.py through training.trainer.SFTTrainer) on the 151,936-row stand-in.
 
 * eval_loss is the mean over every trained token of the validation set, whatever the batching;
 * one training step's memory: the chunked loss (default) against the stock full-logits loss,
