@@ -172,7 +172,8 @@ class StepPlan:
     def describe(self, cfg: GrpoConfig, n_train: int, n_val: int) -> str:
         from r1_sft.inference.decoding import MAX_NEW_TOKENS
 
-        evaluations = self.total_steps // self.eval_steps
+        # the Trainer validates every eval_steps and once more at the last step
+        evaluations = self.total_steps // self.eval_steps + bool(self.total_steps % self.eval_steps)
         cut = (f"; completions cut at {cfg.max_completion_length} tokens, below the {MAX_NEW_TOKENS} "
                f"scripts/evaluate_model.py allows" if cfg.max_completion_length < MAX_NEW_TOKENS else "")
         return (f"[grpo] {self.questions_per_step} question(s) x {cfg.num_generations} completions per step "
@@ -180,7 +181,7 @@ class StepPlan:
                 f"{cfg.gradient_accumulation_steps} x {world_size()} process(es) / --num_generations "
                 f"{cfg.num_generations}); {n_train} questions = {self.steps_per_epoch} step(s) per epoch; "
                 f"{self.total_steps} steps = {self.epochs:.2g} epoch(s); validation every {self.eval_steps} steps "
-                f"({evaluations}x) on {self.eval_questions} of {n_val} questions x {cfg.num_generations_eval} = "
+                f"and at the end ({evaluations}x) on {self.eval_questions} of {n_val} questions x {cfg.num_generations_eval} = "
                 f"{self.eval_completions} completions; checkpoint every {self.save_steps}; loss {cfg.loss_type}, "
                 f"beta {cfg.beta}{cut}")
 

@@ -1,6 +1,8 @@
 """GRPO after SFT: reinforcement learning with verifiable multiple-choice rewards on TRL's ``GRPOTrainer``.
 
-One entry point, :func:`run_grpo`: MCQ files (any shape ``benchmarks`` reads) -> prompts built by the
+One entry point, :func:`run_grpo`: MCQ files (any shape ``benchmarks`` reads) -> the step plan, printed
+before anything loads (``checks.plan_steps``: questions per step against the file, the run in steps and
+epochs, validation on a fixed seeded subset) -> prompts built by the
 project's one MCQ prompt (``benchmarks.mcq_user_text`` + ``r1_format.build_prompt``: no system prompt,
 ending in ``<think>\\n``) -> the LoRA model of SFT (``lora.setup_lora_model``: a fresh adapter on the
 base, or the SFT adapter folder continued) -> TRL's group sampling, clipped objective and optional KL
@@ -9,8 +11,9 @@ base, or the SFT adapter folder continued) -> TRL's group sampling, clipped obje
 
 TRL logs per step, and our progress lines show: the summed reward's mean and spread, each reward's
 mean and spread (``rewards/accuracy_reward/mean`` is the accuracy, ``format_reward`` the format rate,
-``overlong_penalty`` minus the cut fraction), completion lengths, ``completions/clipped_ratio`` (cut at
-``max_completion_length``), ``kl`` when ``beta > 0``, entropy and the clip ratios.
+``overlong_penalty`` the soft length penalty), completion lengths, ``completions/clipped_ratio`` (cut at
+``max_completion_length``), ``frac_reward_zero_std`` (groups whose rewards are all equal: no gradient),
+``kl`` when ``beta > 0``, entropy and the clip ratios.
 """
 from __future__ import annotations
 
@@ -114,7 +117,7 @@ def build_grpo_args(cfg: GrpoConfig, plan: RunPlan, steps: StepPlan, output_dir:
         eval_strategy="steps", eval_steps=steps.eval_steps, save_strategy="steps", save_steps=steps.save_steps,
         save_total_limit=cfg.save_total_limit, load_best_model_at_end=True, metric_for_best_model=best_metric,
         greater_is_better=True, logging_steps=cfg.logging_steps, logging_first_step=True,
-        log_completions=cfg.log_completions,
+        log_completions=cfg.log_completions, num_completions_to_print=cfg.num_generations,  # one group per print
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         use_vllm=cfg.use_vllm, **vllm,
