@@ -298,3 +298,30 @@ def test_memory_estimate_parts_follow_the_settings():
     assert plain.logprob_head_gb < 1.5 < 20 < plain.full_logits_gb
     assert plain.peak_phase == "training"  # colocated vLLM: its reservation on top, no HF generation phase
     assert grpo_estimate(shape, **base, vllm_gb=24).total_gb == pytest.approx(plain.total_gb + 24)
+
+
+def test_knobs_reach_trl_and_vllm_gets_what_keeps_its_log_probs_right(tiny_model_dir, tmp_path):
+    """The flags as TRL's GRPOConfig receives them (vLLM itself cannot be imported in the project's environment)."""
+    from r1_sft.model.plan import make_plan
+    from r1_sft.rl.checks import plan_steps
+    from r1_sft.rl.grpo import build_grpo_args
+
+    plan = make_plan(tiny_model_dir, device="cpu", for_training=True)
+    cfg = _config(tiny_model_dir, tmp_path, use_vllm=True, vllm_mode="server",
+                  vllm_server_base_url="http://10.0.0.2:8000", scale_rewards="none", warmup_ratio=0.1,
+                  lr_scheduler_type="constant_with_warmup", num_iterations=2, mask_truncated_completions=True,
+                  num_generations_eval=2, eval_questions=3, log_completions=True)
+    steps = plan_steps(cfg, 69, 6)
+    args = build_grpo_args(cfg, plan, steps, tmp_path / "out", [1.0], "rewards/accuracy_reward/mean", 1234)
+    assert (args.top_p, args.temperature) == (1.0, 0.6)  # the sampler's log-probs are the trainer's
+    assert args.vllm_importance_sampling_mode == "token_truncate" and args.vllm_importance_sampling_correction
+    assert (args.vllm_mode, args.vllm_server_base_url, args.vllm_max_model_length) == ("server",
+                                                                                        "http://10.0.0.2:8000", 1234)
+    assert (args.epsilon, args.epsilon_high) == (0.2, 0.28)  # DAPO's clip-higher when not given
+    assert (args.scale_rewards, args.num_iterations, args.mask_truncated_completions) == ("none", 2, True)
+    assert args.warmup_steps == 0.1 and args.lr_scheduler_type == "constant_with_warmup"
+    assert args.max_steps == steps.total_steps == 4 and args.num_generations_eval == 2 and args.log_completions
+    assert args.per_device_eval_batch_size % 2 == 0 and args.per_device_eval_batch_size > 2  # whole groups, batched
+    cispo = build_grpo_args(_config(tiny_model_dir, tmp_path, loss_type="cispo", epsilon_high=5.0), plan, steps,
+                            tmp_path / "out", [1.0], "rewards/accuracy_reward/mean", 1234)
+    assert cispo.epsilon_high == 5.0 and not cispo.use_vllm and cispo.vllm_max_model_length is None
