@@ -73,7 +73,7 @@ def warm_model(tiny_model_dir, tmp_path_factory) -> Path:
     model.model.embed_tokens.weight.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     keep = labels[:, 1:] != -100
-    for _ in range(30):
+    for _ in range(20):
         hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
         loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]), labels[:, 1:][keep])
         loss.backward()
@@ -113,32 +113,45 @@ FIRST_STEP_KEYS = ("reward", "reward_std", "rewards/accuracy_reward/mean", "rewa
                    "entropy")
 
 
-def _first_step(launcher: list[str], warm_model: Path, tmp: Path, per_device: int):
+def _toy_files(tmp: Path) -> tuple[Path, Path]:
     # half the questions answered B: near-greedy rollouts all say A, so the processes' questions score apart
     toy = [{**q, "answer": "AB"[i % 2]} for i, q in enumerate(_toy_questions(8))]
-    train = _write_jsonl(tmp / "train.jsonl", toy)
-    val = _write_jsonl(tmp / "val.jsonl", _toy_questions(2, start=100))
-    flags = ["--model_path", warm_model, "--train_file", train, "--val_file", val, "--output_dir", tmp / "grpo",
-             "--max_steps", "1", "--per_device_train_batch_size", per_device, "--gradient_accumulation_steps", "1",
-             "--num_generations", "4", "--max_completion_length", "12", "--temperature", "0.01", "--precision",
-             "fp32", "--no_gradient_checkpointing", "--lora_r", "8"]
-    proc = subprocess.run([sys.executable, *launcher, str(REPO / "scripts" / "train_grpo.py"), *map(str, flags)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    history = [json.loads(line) for line in
-               (tmp / "grpo" / "training_logs" / "log_history.jsonl").read_text(encoding="utf-8").splitlines()]
-    return next(h for h in history if "reward" in h), proc
+    return (_write_jsonl(tmp / "train.jsonl", toy), _write_jsonl(tmp / "val.jsonl", _toy_questions(2, start=100)))
 
 
-def test_two_processes_give_the_first_step_of_one(warm_model, tmp_path):
+def _first_step_flags(warm_model: Path, tmp: Path, per_device: int) -> dict:
+    train, val = _toy_files(tmp)
+    return dict(model_path=str(warm_model), train_file=str(train), val_file=str(val), output_dir=str(tmp / "grpo"),
+                max_steps=1, per_device_train_batch_size=per_device, gradient_accumulation_steps=1,
+                num_generations=4, max_completion_length=12, temperature=0.01, precision="fp32",
+                gradient_checkpointing=False, lora_r=8)
+
+
+def _command_line(flags: dict) -> list[str]:
+    line = []
+    for name, value in flags.items():
+        line += ([f"--{name}" if value else f"--no_{name}"] if isinstance(value, bool) else [f"--{name}", str(value)])
+    return line
+
+
+def test_two_processes_give_the_first_step_of_one(warm_model, tmp_path, one_thread):
     """Same global batch (32 completions = all 8 questions x 4): 1 process x 32 vs 2 processes x 16, rewards
     gathered across processes. Rollouts at temperature 0.01 are the same text whatever the process count;
     sampled ones cannot be compared, as TRL seeds each process apart (seed + rank)."""
+    from conftest import script_config
+    from r1_sft.rl.grpo import run_grpo
+
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
-    one, _ = _first_step([], warm_model, tmp_path / "one", 32)
-    two, proc = _first_step(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], warm_model,
-                            tmp_path / "two", 16)
+    # one process in this one, with the script's own defaults for every other flag
+    result = run_grpo(script_config("scripts/train_grpo.py")(**_first_step_flags(warm_model, tmp_path / "one", 32)))
+    one = next(h for h in result.log_history if "reward" in h)
+    flags = _command_line(_first_step_flags(warm_model, tmp_path / "two", 16))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "scripts" / "train_grpo.py"), *flags], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    history = (tmp_path / "two" / "grpo" / "training_logs" / "log_history.jsonl").read_text(encoding="utf-8")
+    two = next(h for h in map(json.loads, history.splitlines()) if "reward" in h)
     print({k: (one[k], two[k]) for k in FIRST_STEP_KEYS})
     for key in FIRST_STEP_KEYS:
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
