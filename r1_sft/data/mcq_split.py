@@ -4,9 +4,11 @@ Every record is validated on its own (``benchmarks.to_record``); a bad one becom
 file with its place and a stable reason code, as in the SFT data stages: ``invalid_json``,
 ``not_object``, ``not_mcq`` (no shape recognised), ``no_answer``, ``bad_question`` (no question or
 fewer than two options), ``answer_not_in_options``, ``duplicate_question``. Duplicates are found on
-the normalised question text (``records.question_key``: width, case, whitespace and punctuation
-ignored), so no question reaches two splits; the test and validation records are drawn one per
-length-quantile bin with ``splits.choose_val`` (same seed, same files).
+the normalised question text together with its set of option texts (``item_key``: width, case,
+whitespace and punctuation ignored; option letters and order ignored, so a copy with shuffled options
+is the same item), so no item reaches two splits, while distinct exam items that share a generic stem
+("下列哪项正确？") are all kept; the test and validation records are drawn one per length-quantile bin
+with ``splits.choose_val`` (same seed, same files).
 
 Kept records are written in the project's own shape, which every MCQ reader takes::
 
@@ -40,6 +42,7 @@ from r1_sft.data.records import (
     Origin,
     RecordError,
     Tally,
+    dedup_key,
     print_tally,
     question_key,
     to_json_line,
@@ -63,6 +66,11 @@ def iter_mcq_objects(path: Path, tally: Tally) -> Iterator[tuple[Origin, bytes, 
     for index, rec in enumerate(read_raw(path), 1):
         tally.read += 1
         yield Origin(file, stem, index), json.dumps(rec, ensure_ascii=False).encode("utf-8"), rec
+
+
+def item_key(question: str, options: dict[str, str]) -> int:
+    """The duplicate key of an MCQ item: its stem and its option texts as a set (letters and order ignored)."""
+    return question_key("\n".join([question, *sorted(dedup_key(text) for text in options.values())]))
 
 
 def project_record(obj: dict, origin: Origin) -> dict:
@@ -105,10 +113,10 @@ def split_mcq(input_path: Path, output_dir: Path, files: dict[str, str], stats_f
                 if isinstance(obj, RecordError):
                     raise obj
                 record = project_record(obj, origin)
-                key = question_key(record["question"])
+                key = item_key(record["question"], record["options"])
                 if key in first_seen:
-                    raise RecordError(DUPLICATE_QUESTION, f"same question (after normalisation) as record "
-                                                          f"{first_seen[key]}")
+                    raise RecordError(DUPLICATE_QUESTION, f"same question and options (after normalisation) as "
+                                                          f"record {first_seen[key]}")
             except RecordError as exc:
                 tally.rejected[exc.reason] += 1
                 rej_fh.write(to_json_line(reject_entry(origin, exc, raw)))

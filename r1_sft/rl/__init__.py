@@ -1,7 +1,7 @@
 """Stage 3b, reinforcement learning: GRPO after SFT on TRL's GRPOTrainer, against checkable answers.
 
-  config   every GRPO knob and its default (GrpoConfig)
-  checks   settings and the run's plan, checked before anything loads
+  config   every GRPO knob and its default (GrpoConfig), with the DAPO / Dr. GRPO / TRL choices they offer
+  checks   settings, the run's plan and its steps against the question file, checked before anything loads
   grpo     the run: TRL's GRPOConfig, the trainer, outputs, reward curve
   prompts  MCQ questions -> GRPO prompts with their gold answers
   rewards  verifiable rewards (accuracy through the shared answer reader, format, over-length)

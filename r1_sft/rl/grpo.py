@@ -1,6 +1,8 @@
 """GRPO after SFT: reinforcement learning with verifiable multiple-choice rewards on TRL's ``GRPOTrainer``.
 
-One entry point, :func:`run_grpo`: MCQ files (any shape ``benchmarks`` reads) -> prompts built by the
+One entry point, :func:`run_grpo`: MCQ files (any shape ``benchmarks`` reads) -> the step plan, printed
+before anything loads (``checks.plan_steps``: questions per step against the file, the run in steps and
+epochs, validation on a fixed seeded subset) -> prompts built by the
 project's one MCQ prompt (``benchmarks.mcq_user_text`` + ``r1_format.build_prompt``: no system prompt,
 ending in ``<think>\\n``) -> the LoRA model of SFT (``lora.setup_lora_model``: a fresh adapter on the
 base, or the SFT adapter folder continued) -> TRL's group sampling, clipped objective and optional KL
@@ -9,8 +11,9 @@ base, or the SFT adapter folder continued) -> TRL's group sampling, clipped obje
 
 TRL logs per step, and our progress lines show: the summed reward's mean and spread, each reward's
 mean and spread (``rewards/accuracy_reward/mean`` is the accuracy, ``format_reward`` the format rate,
-``overlong_penalty`` minus the cut fraction), completion lengths, ``completions/clipped_ratio`` (cut at
-``max_completion_length``), ``kl`` when ``beta > 0``, entropy and the clip ratios.
+``overlong_penalty`` the soft length penalty), completion lengths, ``completions/clipped_ratio`` (cut at
+``max_completion_length``), ``frac_reward_zero_std`` (groups whose rewards are all equal: no gradient),
+``kl`` when ``beta > 0``, entropy and the clip ratios.
 """
 from __future__ import annotations
 
@@ -20,16 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from r1_sft.cli import UserError
-from r1_sft.inference.decoding import TEMPERATURE, TOP_P
 from r1_sft.paths import display_path, repo_path
-from r1_sft.rl.checks import check_grpo_settings
-from r1_sft.rl.config import GrpoConfig
+from r1_sft.rl.checks import StepPlan, check_grpo_settings, plan_steps
+from r1_sft.rl.config import CLIP_LOSSES, GrpoConfig
 
 if TYPE_CHECKING:
     from r1_sft.model.plan import RunPlan
 
 CURVE_KEYS = (("reward", "reward (weighted sum)"), ("rewards/accuracy_reward/mean", "accuracy"),
-              ("rewards/format_reward/mean", "format rate"), ("completions/clipped_ratio", "cut at the limit"))
+              ("rewards/format_reward/mean", "format rate"), ("completions/clipped_ratio", "cut at the limit"),
+              ("frac_reward_zero_std", "groups with equal rewards"))
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -73,30 +76,51 @@ def score_completions_only_on_cpu() -> None:
     trl_utils._use_triton = compact
 
 
-def build_grpo_args(cfg: GrpoConfig, plan: RunPlan, output_dir: Path, weights: Sequence[float], best_metric: str):
+def build_grpo_args(cfg: GrpoConfig, plan: RunPlan, steps: StepPlan, output_dir: Path, weights: Sequence[float],
+                    best_metric: str, vllm_max_model_length: int):
+    """TRL's GRPOConfig from ours. The run's length is the step plan's (``checks.plan_steps``), so the plan line
+    printed before loading is what runs."""
     from trl import GRPOConfig
 
+    from r1_sft.rl.config import DAPO_EPSILON_HIGH
     from r1_sft.training.callbacks import on_terminal
     from r1_sft.training.checks import report_to
 
     if "tensorboard" in report_to(cfg.report_to):
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "training_logs" / "tensorboard")
     device = plan.device
+    # several validation questions per generate call, whole groups (TRL needs a multiple of the group)
+    eval_batch = cfg.num_generations_eval * max(1, cfg.per_device_train_batch_size // cfg.num_generations_eval)
+    vllm = {}
+    if cfg.use_vllm:
+        vllm = dict(
+            vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            vllm_max_model_length=vllm_max_model_length, vllm_enable_sleep_mode=cfg.vllm_enable_sleep_mode,
+            # TRL's default (sequence_mask) weights a completion by the product of its per-token ratios, far
+            # below 1 for a long one (TRL issue 6789): truncate per token instead (TIS), at TRL's cap of 3
+            vllm_importance_sampling_correction=True, vllm_importance_sampling_mode="token_truncate")
+        if cfg.vllm_mode == "server" and cfg.vllm_server_base_url:
+            vllm["vllm_server_base_url"] = cfg.vllm_server_base_url
     return GRPOConfig(
-        output_dir=str(output_dir), num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        output_dir=str(output_dir), max_steps=steps.total_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler_type,  # a float < 1 = share of the steps
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=TEMPERATURE, top_p=TOP_P,  # R1's sampling protocol, as evaluation samples
+        temperature=cfg.temperature, top_p=cfg.top_p, epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high or (DAPO_EPSILON_HIGH if cfg.loss_type in CLIP_LOSSES else None),
+        importance_sampling_level=cfg.importance_sampling_level, scale_rewards=cfg.scale_rewards,
+        mask_truncated_completions=cfg.mask_truncated_completions, num_iterations=cfg.num_iterations,
         beta=cfg.beta, loss_type=cfg.loss_type, reward_weights=list(weights),
         disable_dropout=True,  # the ratio compares log-probs of one policy: dropout would only add noise
-        per_device_eval_batch_size=cfg.num_generations,  # one question's group per evaluation batch
-        eval_strategy="steps", eval_steps=cfg.eval_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        num_generations_eval=cfg.num_generations_eval, per_device_eval_batch_size=eval_batch,
+        eval_strategy="steps", eval_steps=steps.eval_steps, save_strategy="steps", save_steps=steps.save_steps,
         save_total_limit=cfg.save_total_limit, load_best_model_at_end=True, metric_for_best_model=best_metric,
         greater_is_better=True, logging_steps=cfg.logging_steps, logging_first_step=True,
+        log_completions=cfg.log_completions, num_completions_to_print=cfg.num_generations,  # one group per print
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
-        use_vllm=cfg.use_vllm, vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        use_vllm=cfg.use_vllm, **vllm,
         seed=cfg.seed, report_to=report_to(cfg.report_to), run_name=output_dir.name, disable_tqdm=not on_terminal(),
         use_cpu=device == "cpu", dataloader_pin_memory=device != "cpu", save_only_model=False,
         log_level_replica="error", **plan.precision.trainer_flags)
@@ -109,12 +133,13 @@ def memory_plan(cfg: GrpoConfig, plan: RunPlan, longest_prompt: int) -> str:
 
     shape = read_shape(plan.folder.base_path)
     gpu = cfg.gpu_memory_gb or 80.0  # vLLM reserves a share of the card: assume an 80 GB one unless told
+    colocated = cfg.use_vllm and cfg.vllm_mode == "colocate"  # a vLLM server runs on its own GPU
     est = grpo_estimate(shape, micro_batch=cfg.per_device_train_batch_size,
                         generation_batch=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
                         prompt_tokens=longest_prompt, completion_tokens=cfg.max_completion_length,
                         use_4bit=cfg.use_4bit, beta=cfg.beta, lora_r=cfg.lora_r,
                         lora_target_modules=cfg.lora_target_modules, gradient_checkpointing=cfg.gradient_checkpointing,
-                        vllm_gb=cfg.vllm_gpu_memory_utilization * gpu if cfg.use_vllm else 0.0)
+                        vllm_gb=cfg.vllm_gpu_memory_utilization * gpu if colocated else 0.0)
     return describe_grpo(est, cfg.gpu_memory_gb or None)
 
 
@@ -186,6 +211,9 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
     plan = check_grpo_settings(cfg)  # values, the plan, paths, vLLM, trackers, LoRA names: nothing loaded yet
     train_records = load_questions(cfg.train_file, "train_file")
     val_records = load_questions(cfg.val_file, "val_file")
+    n_val = len(val_records)
+    steps = plan_steps(cfg, len(train_records), n_val)  # a file too small for one step stops here
+    val_records = eval_subset(val_records, steps.eval_questions, cfg.seed)
     quiet_dataset_bars()
     output_dir = repo_path(cfg.output_dir)
     logs_dir = output_dir / "training_logs"
@@ -193,6 +221,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
     say = print if is_main else (lambda *a, **k: None)
 
     say(plan.describe(), flush=True)
+    say(steps.describe(cfg, len(train_records), n_val), flush=True)
     tokenizer = load_tokenizer(plan.folder, padding_side="left")
     train, val = prompt_dataset(train_records, tokenizer), prompt_dataset(val_records, tokenizer)
     lengths = prompt_lengths(train, tokenizer)
@@ -200,9 +229,11 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
     say(f"[data] train: {len(train)} questions ({multi} multiple-answer) from {display_path(repo_path(cfg.train_file))}"
         f"; val: {len(val)} from {display_path(repo_path(cfg.val_file))}; prompt tokens min {min(lengths)}, "
         f"max {max(lengths)}", flush=True)
-    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
-    say(f"[grpo] {per_step // cfg.num_generations} question(s) x {cfg.num_generations} completions of up to "
-        f"{cfg.max_completion_length} tokens per step; beta {cfg.beta}, loss {cfg.loss_type}", flush=True)
+    longest = max(lengths + prompt_lengths(val, tokenizer))
+    vllm_length = cfg.vllm_max_model_length or longest + cfg.max_completion_length
+    if cfg.use_vllm:
+        say(f"[vllm] {cfg.vllm_mode}; context {vllm_length} tokens (longest prompt {longest} + completion "
+            f"{cfg.max_completion_length}), rollouts at temperature {cfg.temperature}, top_p {cfg.top_p}", flush=True)
     if cfg.dry_run:
         say("[dry_run] first prompt, as the model sees it (completions continue after its <think>\\n):")
         say(train[0]["prompt"])
@@ -225,7 +256,8 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
 
     if reward_funcs is None:
         reward_funcs, reward_weights = mcq_reward_funcs(
-            [tokenizer.eos_token_id], cfg.accuracy_weight, cfg.format_weight, cfg.overlong_weight)
+            [tokenizer.eos_token_id], cfg.max_completion_length, cfg.accuracy_weight, cfg.format_weight,
+            cfg.overlong_weight, partial_credit=cfg.partial_credit)
     weights = list(reward_weights) if reward_weights is not None else [1.0] * len(reward_funcs)
     from trl.trainer.utils import get_callable_name
 
@@ -236,7 +268,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
     lora_settings = _LoraSettings(cfg)
     model, tokenizer = setup_lora_model(lora_settings, plan)
     tokenizer.padding_side = "left"  # generation pads prompts on the left
-    args = build_grpo_args(cfg, plan, output_dir, weights, best_metric)
+    args = build_grpo_args(cfg, plan, steps, output_dir, weights, best_metric, vllm_length)
     if is_main:
         model.print_trainable_parameters()
         save_run_info(cfg, logs_dir / "run_info.json", plan)
@@ -270,12 +302,21 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
                   f"{Path(state.best_model_checkpoint).name}; {final_dir.name}/ = checkpoint-{state.global_step}",
                   flush=True)
         else:
-            print(f"[grpo] no evaluation ran ({state.global_step} steps < --eval_steps {cfg.eval_steps}): "
+            print(f"[grpo] no evaluation ran ({state.global_step} steps < --eval_steps {steps.eval_steps}): "
                   f"{best_dir.name}/ and {final_dir.name}/ both hold the last adapter", flush=True)
         print(f"[write] {display_path(best_dir)}, {display_path(final_dir)}, {display_path(logs_dir)}/"
               f"log_history.jsonl ({len(state.log_history)} entries){', reward_curve.png' if plotted else ''}, "
               f"run_info.json", flush=True)
     return GrpoResult(best_dir, final_dir, state.global_step, state.best_metric, list(state.log_history))
+
+
+def eval_subset(records: list, n: int, seed: int) -> list:
+    """A fixed validation subset: ``n`` questions drawn with ``seed``, in file order (all when n >= the file)."""
+    import random
+
+    if n >= len(records):
+        return records
+    return [records[i] for i in sorted(random.Random(seed).sample(range(len(records)), n))]
 
 
 class _LoraSettings:

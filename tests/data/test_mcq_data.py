@@ -78,7 +78,8 @@ def test_bad_records_become_rejects_with_reasons(tmp_path):
         {"question": "没有答案的题", "options": {"A": "甲", "B": "乙"}},
         {"question": "答案不在选项中", "options": {"A": "甲", "B": "乙"}, "answer": "E"},
         {"question": "只有一个选项", "options": {"A": "甲"}, "answer": "A"},
-        {"question": "第0题：下列哪项正确！", "options": {"A": "甲", "B": "乙"}, "answer": "A"},  # duplicate
+        # the same item again: stem differs only in punctuation, options shuffled (duplicate)
+        {"question": "第0题：下列哪项正确！", "options": {"A": "丙", "B": "甲", "C": "乙"}, "answer": "C"},
         {"input": "不是选择题", "output": "x"},
     ]
     path = tmp_path / "mixed.jsonl"
@@ -91,6 +92,23 @@ def test_bad_records_become_rejects_with_reasons(tmp_path):
     rejects = _lines(tmp_path / "mixed.mcq.rejects.jsonl")
     assert [(r["line"], r["reason"]) for r in rejects][:2] == [(5, "no_answer"), (6, "answer_not_in_options")]
     assert "没有答案的题" in rejects[0]["raw"]  # nothing is lost
+
+
+def test_a_generic_stem_with_other_options_is_another_item(tmp_path):
+    """Exams reuse stems such as "下列哪项正确？": items are told apart by their options, not dropped."""
+    stem = "下列哪项正确？"
+    items = [{"question": stem, "options": {"A": f"选项{i}甲", "B": f"选项{i}乙"}, "answer": "A"} for i in range(5)]
+    items.append({"question": "下列哪项正确?", "options": {"A": "选项0乙", "B": "选项0甲"}, "answer": "B"})  # item 0
+    path = _write(tmp_path / "generic.jsonl", items)
+    stats = split_mcq(path, tmp_path, FILES, "s.json", 0.2, 0.2, seed=0)
+    assert stats["kept"] == 5 and stats["rejected_by_reason"] == {"duplicate_question": 1}
+    reject = _lines(tmp_path / "generic.mcq.rejects.jsonl")[0]
+    assert reject["line"] == 6 and "same question and options" in reject["detail"] and "record 1" in reject["detail"]
+
+
+def _write(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
 
 
 def test_empty_or_all_bad_file_is_a_one_line_error(tmp_path):

@@ -56,6 +56,8 @@ FORMAT_CASES = [
     ("推理\n</think>\n\n首选B超。", False, "B超 is not a choice"),
     ("推理\n</think>\n\n答案：C\n</think>\n\n答案：D", False, "two </think>"),
     ("推理\n</think>\n\n<think>再想想</think>答案：C", False, "a second think block"),
+    ("\n</think>\n\n答案：C", False, "empty reasoning"),
+    ("<think>\n  \n</think>\n\n答案：C", False, "blank reasoning inside an opening <think>"),
 ]
 
 
@@ -78,6 +80,39 @@ def test_overlong_table(ids, reward, why):
     assert overlong_score(ids, EOS) == reward, why
 
 
+SOFT_CASES = [
+    # (length with EOS at the end, penalty at a 100-token limit with DAPO's ramp over the last 20)
+    (50, 0.0, "well within the budget"),
+    (80, 0.0, "the ramp starts after 80 tokens"),
+    (90, -0.5, "half way down the ramp"),
+    (100, -1.0, "stopped on the last allowed token"),
+]
+
+
+@pytest.mark.parametrize("length,penalty,why", SOFT_CASES, ids=[c[2] for c in SOFT_CASES])
+def test_soft_overlong_ramp(length, penalty, why):
+    ids = [11] * (length - 1) + [EOS[0]]
+    assert overlong_score(ids, EOS, max_length=100) == pytest.approx(penalty), why
+    assert overlong_score([11] * length, EOS, max_length=100) == -1.0  # no EOS: cut at the limit
+
+
+PARTIAL_CASES = [
+    # (answer, gold, exact-set reward, with --partial_credit)
+    ("答案：A", "AC", 0.0, 0.5),
+    ("答案：A、C", "AC", 1.0, 1.0),
+    ("答案：A、B", "AC", 0.0, 0.0),  # a wrong letter earns nothing
+    ("答案：A、B、C", "AC", 0.0, 0.0),
+    ("答案：B", "C", 0.0, 0.0),  # single-answer questions have no partial credit
+]
+
+
+@pytest.mark.parametrize("answer,gold,exact,partial", PARTIAL_CASES)
+def test_partial_credit_only_when_asked(answer, gold, exact, partial):
+    completion = f"分析\n</think>\n\n{answer}"
+    assert accuracy_score(completion, gold, OPTS) == exact
+    assert accuracy_score(completion, gold, OPTS, partial_credit=True) == partial
+
+
 def test_trl_shaped_functions_read_dataset_columns():
     """TRL passes each dataset column as a list; options travel as JSON strings."""
     options = json.dumps(OPTS, ensure_ascii=False)
@@ -92,6 +127,11 @@ def test_trl_shaped_functions_read_dataset_columns():
 
     assert [get_callable_name(f) for f in funcs] == ["accuracy_reward", "format_reward", "overlong_penalty"]
     assert len(weights) == 3 and weights[0] > weights[1] > 0
+    # --partial_credit keeps the logged name; at a 10-token limit the ramp covers tokens 9-10
+    partial, _ = mcq_reward_funcs(EOS, max_completion_length=10, partial_credit=True)
+    assert get_callable_name(partial[0]) == "accuracy_reward"
+    assert partial[0](completions=["x\n</think>\n\n答案：A"], **{**kw, "answer": ["AC"], "options": [options]}) == [0.5]
+    assert partial[2](completions=completions, **{**kw, "completion_ids": [[1] * 9 + [151643]]}) == [-1.0]
 
 
 def test_trl_own_think_format_reward_fails_r1_distill():
