@@ -82,7 +82,7 @@ def _flags_of(script: Path) -> set[str]:
         return set(FLAG_RE.findall(out.stdout))
     flags = {"help"}
     for name, annotation in fields.items():
-        flags |= {name, f"no_{name}"} if annotation == "bool" else {name}
+        flags |= {name, f"no_{name}"} if annotation in ("bool", "bool | str") else {name}  # bool | str: --name auto too
     return flags
 
 
