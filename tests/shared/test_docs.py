@@ -350,3 +350,15 @@ def test_readme_hardware_table_is_the_memory_estimate():
     from r1_sft.training.memory_estimate import readme_table
 
     assert readme_table() in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+# Pages that give GPU memory or speed figures: each says once that they were not measured on a GPU.
+ESTIMATE_PAGES = ("README.md", "docs/gpus.md", "docs/multi_gpu.md", "docs/faq.md", "docs/training.md",
+                  "docs/distillation.md")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_pages_say_once_what_was_not_measured_on_a_gpu(doc):
+    count = doc.read_text(encoding="utf-8").count("未在 GPU 上实测")
+    rel = str(doc.relative_to(REPO))
+    assert count == 1 if rel in ESTIMATE_PAGES else count <= 1, f"{rel}: '未在 GPU 上实测' {count} times"
