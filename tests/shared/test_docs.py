@@ -362,3 +362,11 @@ def test_pages_say_once_what_was_not_measured_on_a_gpu(doc):
     count = doc.read_text(encoding="utf-8").count("未在 GPU 上实测")
     rel = str(doc.relative_to(REPO))
     assert count == 1 if rel in ESTIMATE_PAGES else count <= 1, f"{rel}: '未在 GPU 上实测' {count} times"
+
+
+def test_readme_first_screen_names_the_driver_how_to_check_it_and_the_way_out():
+    from r1_sft.model.hardware import CUDA12_INSTALL, MIN_DRIVER_FOR_CUDA
+
+    first_screen = "\n".join((REPO / "README.md").read_text(encoding="utf-8").splitlines()[:35])
+    assert f"R{MIN_DRIVER_FOR_CUDA[13]}" in first_screen and "nvidia-smi" in first_screen
+    assert CUDA12_INSTALL in first_screen  # the same command the start-up check prints
