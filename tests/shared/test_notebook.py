@@ -32,6 +32,7 @@ def test_the_t4_notebook_runs_the_quick_start_on_the_stand_in(tiny_model_dir, tm
         'TRAIN_FLAGS = "--max_steps 2 --max_length 128 --truncate_long --per_device_train_batch_size 2 '
         '--gradient_accumulation_steps 1 --no_gradient_checkpointing --no_use_4bit"',
         'EVAL_FLAGS = "--num_samples 2 --n_samples 1 --batch_size 2 --max_new_tokens 16"',
+        "DRY_RUN = False",  # the dry run is tested in tests/training/test_first_run.py
         "CHAT_MAX_NEW_TOKENS = 16", 'QUESTION = "孩子发烧到39度怎么办？"'])
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     NotebookClient(nb, timeout=600, kernel_name="python3",

@@ -4,7 +4,7 @@ plans a run (training and GRPO) from a folder holding only config.json and the t
 
 The sample splits are built by the real data scripts from modelscope_r1_data/r1_data_example.jsonl.
 The one real training run keeps every default that decides the schedule (epochs, batch, accumulation,
-cadence) and shortens only the sequences (--max_length 64 --truncate_long: every record kept).
+cadence) and only makes the steps cheaper (--max_length 64 --truncate_long: every record kept; fp32 LoRA).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from r1_sft.cli import UserError
 from r1_sft.training.checks import training_plan
 from r1_sft.training.schedule import auto_eval_steps, plan_schedule
 
@@ -83,6 +84,10 @@ def test_dry_run_plans_the_sample_run_from_config_and_tokenizer_alone(tiny_model
     total, evaluations = schedule_lines(proc.stdout)
     # 104 rows, 16 per step, 3 epochs: 21 steps; validated at least twice before the end, and at the end
     assert total == 21 and evaluations[-1] == 21 and len(evaluations) >= 3
+    # a real run still needs the weights: one line naming the folder and the download
+    with pytest.raises(UserError, match=r"no \*\.safetensors weights.*download_model\.py"):
+        training_plan(sft_config(model_path=str(folder), train_file=str(sample / "sft_r1_train.jsonl"),
+                                 val_file=str(sample / "sft_r1_val.jsonl")))
 
 
 def test_grpo_dry_run_needs_no_weights_either(tiny_model_dir, sample, tmp_path):
@@ -91,10 +96,6 @@ def test_grpo_dry_run_needs_no_weights_either(tiny_model_dir, sample, tmp_path):
                       "--val_file", sample / "mcq_val.jsonl", "--output_dir", tmp_path / "grpo", "--dry_run", env=ENV)
     assert proc.returncode == 0, proc.stderr
     assert "[memory] estimated peak GPU memory" in proc.stdout and "no model loaded" in proc.stdout
-    # without --dry_run the missing weights are still one line naming the folder and the download
-    proc = run_script("scripts/train_grpo.py", "--model_path", folder, "--train_file", sample / "mcq_train.jsonl",
-                      "--val_file", sample / "mcq_val.jsonl", "--output_dir", tmp_path / "grpo", env=ENV)
-    assert proc.returncode == 2 and "no *.safetensors weights" in proc.stderr and "download_model.py" in proc.stderr
 
 
 def test_use_4bit_auto_takes_16_bit_where_it_fits_and_4_bit_where_it_does_not(tiny_model_dir, sample, tmp_path):
@@ -119,7 +120,7 @@ def test_sample_run_with_default_schedule_picks_best_model_among_its_validations
     proc = run_script("scripts/train_stf_r1_train_val.py", "--model_path", tiny_model_dir,
                       "--train_file", sample / "sft_r1_train.jsonl", "--val_file", sample / "sft_r1_val.jsonl",
                       "--output_dir", out, "--max_length", "64", "--truncate_long", "--no_gradient_checkpointing",
-                      env=ENV, timeout=900)
+                      "--no_use_4bit", env=ENV, timeout=900)  # none of these changes the schedule
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     total, planned = schedule_lines(proc.stdout)
     history = [json.loads(line) for line in (out / "training_logs/log_history.jsonl").read_text().splitlines()]
