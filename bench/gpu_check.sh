@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The prepared GPU check (docs/gpus.md): on a lent H100-class machine with no internet, in under 8 minutes,
+# The prepared GPU check (docs/gpus.md): on one GPU machine (internet not needed), in under 8 minutes,
 #   1. install the wheels carried in .whl/ (bench/prepare_whl.sh), offline, never touching torch;
 #   2. print the environment: nvidia-smi, Python, torch and its CUDA build, the libraries;
 #   3. bench/gpu_train.py: its 8 rows (bf16 LoRA | QLoRA x stock | chunked loss x padded | padding-free) on a
 #      random model of the real 1.5B shape;
 #   4. the data stage on the committed sample data, then scripts/train_stf_r1_train_val.py for a few steps on a
-#      random model of the real 1.5B shape with the real tokenizer: QLoRA (the default), then bf16 LoRA
+#      random model of the real 1.5B shape with the real tokenizer: QLoRA (--use_4bit), then 16-bit LoRA
 #      (--no_use_4bit), each with its evaluation loss and checkpoint;
 #   5. scripts/evaluate_model.py (base vs the QLoRA adapter, a few short answers) and scripts/merge_lora.py.
 # Each step runs even when an earlier one failed (its exit code and seconds are recorded). The figures go
@@ -151,7 +151,7 @@ step environment environment
 step bench "$PYTHON" bench/gpu_train.py "${BENCH[@]}" --output "$OUT/gpu_train.json"
 step build_model build_model
 step data data_stage
-step train_qlora train qlora
+step train_qlora train qlora --use_4bit
 step train_lora train lora --no_use_4bit
 step evaluate "$PYTHON" scripts/evaluate_model.py --base_model "$WORK/random_model" \
     --adapter "$WORK/qlora/best_model" --data "$WORK/data/sft_r1_val.jsonl" --output_dir "$OUT/evaluation" \

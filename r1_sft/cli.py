@@ -8,7 +8,8 @@ A stage script ends with::
     if __name__ == "__main__":
         main(parse_config(Config))
 
-Every field becomes ``--name VALUE``; a bool field becomes the pair ``--name`` / ``--no_name``. The
+Every field becomes ``--name VALUE``; a bool field becomes the pair ``--name`` / ``--no_name``; a
+``bool | str`` field the same pair plus ``--name auto`` (the run decides). The
 trailing comment of each field is its ``--help`` text, so each name and its meaning are written
 once. Plain argparse: no heavy import just to read flags.
 
@@ -99,6 +100,31 @@ class _BoolAction(argparse.Action):
         return " | ".join(self.option_strings)
 
 
+class _AutoSwitchAction(_BoolAction):
+    """A switch with a third value: ``--name`` True, ``--no_name`` False, ``--name auto`` "auto" (decided by the run)."""
+
+    def __init__(self, option_strings, dest, default=None, help=None):
+        argparse.Action.__init__(self, option_strings, dest, nargs="?", const=True, default=default, help=help,
+                                 metavar="auto")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no_"):
+            if values is not True:  # nargs="?": True (const) when nothing followed
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+        elif values is None or values is True:
+            setattr(namespace, self.dest, True)
+        elif values == "auto":
+            setattr(namespace, self.dest, "auto")
+        else:
+            on, off = self.option_strings
+            parser.error(f"{option_string} {values!r}: write {on}, {off} or {on} auto")
+
+    def format_usage(self) -> str:
+        on, off = self.option_strings
+        return f"{on} [auto] | {off}"
+
+
 _BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "y", "n", "on", "off"}
 
 
@@ -131,6 +157,12 @@ def _field_comments(config_cls: type) -> dict[str, str]:
     return comments
 
 
+def _is_auto_switch(annotation) -> bool:
+    """``bool | str``: a flag pair that also takes ``auto`` (e.g. ``--use_4bit auto``)."""
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and \
+        set(typing.get_args(annotation)) == {bool, str}
+
+
 def _converter(annotation) -> tuple[Callable[[str], object] | None, type]:
     """The string -> value function for a field type (None for bool: a flag pair), and the base type."""
     optional = False
@@ -160,7 +192,10 @@ def build_parser(config_cls: type) -> argparse.ArgumentParser:
         convert, base = _converter(hints[field.name])
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         help_text = comments.get(field.name, "")
-        if base is bool:
+        if _is_auto_switch(hints[field.name]):
+            parser.add_argument(f"--{field.name}", f"--no_{field.name}", dest=field.name, action=_AutoSwitchAction,
+                                default=default, help=help_text)
+        elif base is bool:
             parser.add_argument(f"--{field.name}", f"--no_{field.name}", dest=field.name, action=_BoolAction,
                                 default=default, help=help_text)
         elif base is str and is_path_field(field):

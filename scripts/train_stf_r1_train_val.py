@@ -39,7 +39,7 @@ class Config(TrainConfig):
     val_file: str = "dataset/sft_r1_val.jsonl"  # validation records (eval loss, best model)
     output_dir: str = "model/deepseek_r1_1.5b_lora"  # checkpoints, best_model/, final_model/, training_logs/
     max_length: int = 2048  # longest example in tokens; longer ones are skipped and counted
-    use_4bit: bool = True  # QLoRA (NF4 + double quantization); --no_use_4bit for LoRA on bf16 weights
+    use_4bit: bool | str = "auto"  # auto: 4-bit QLoRA only when 16-bit LoRA does not fit the GPU (the start-up [plan] line says which and why); --use_4bit always 4-bit; --no_use_4bit 16-bit LoRA (bf16 or fp16 by GPU)
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scale numerator (scale = alpha / r)
     learning_rate: float = 2e-4  # peak learning rate
@@ -47,8 +47,8 @@ class Config(TrainConfig):
     max_steps: int = -1  # optimizer steps; > 0 overrides num_train_epochs
     per_device_train_batch_size: int = 4  # sequences per device per micro-batch
     gradient_accumulation_steps: int = 4  # micro-batches per optimizer step (effective batch 16 on one GPU)
-    eval_steps: int = 50  # validation loss every N steps
-    save_steps: int = 50  # checkpoint every N steps (a multiple of eval_steps)
+    eval_steps: int = 0  # validation loss every N steps and at the end; 0 = fit to the run: about 4 evaluations, at most 50 steps apart
+    save_steps: int = 0  # checkpoint every N steps (a multiple of eval_steps); 0 = at every evaluation
     early_stopping_patience: int = 3  # stop after N evaluations without improvement (0 = off)
     seed: int = 42  # LoRA init, data order, dropout
 

@@ -32,22 +32,24 @@ class ModelFolder:
     adapter_path: Path | None  # the LoRA adapter folder, or None
 
 
-def resolve_model_folder(path: str | Path) -> ModelFolder:
+def resolve_model_folder(path: str | Path, require_weights: bool = True) -> ModelFolder:
     """Classify a model folder and find the full-weights folder behind an adapter.
 
     Raises UserError naming the folder and the fix when it is missing or incomplete.
+    ``require_weights`` False (a ``--dry_run``: the memory estimate and the encoding read only
+    config.json and the tokenizer) accepts folders whose safetensors are not downloaded yet.
     """
     folder = repo_path(path).resolve()
     if not folder.is_dir():
         raise UserError(f"{tried_path(folder)}: model folder not found ({DOWNLOAD_HINT})")
     if (folder / ADAPTER_CONFIG).is_file():
-        if not any(folder.glob("adapter_model*.safetensors")):
+        if require_weights and not any(folder.glob("adapter_model*.safetensors")):
             raise UserError(f"{display_path(folder)}: adapter folder has no adapter_model.safetensors "
                             f"(re-run training; this project loads safetensors only)")
         base = _adapter_base(folder)
-        _check_full_weights(base, f"base model of adapter {display_path(folder)}")
+        _check_full_weights(base, f"base model of adapter {display_path(folder)}", require_weights)
         return ModelFolder("adapter", folder, base, folder)
-    _check_full_weights(folder, "model folder")
+    _check_full_weights(folder, "model folder", require_weights)
     kind = "merged" if (folder / MERGE_INFO).is_file() else "base"
     return ModelFolder(kind, folder, folder, None)
 
@@ -70,12 +72,12 @@ def _adapter_base(adapter: Path) -> Path:
                     f"({DOWNLOAD_HINT}; or edit base_model_name_or_path to the local base folder)")
 
 
-def _check_full_weights(folder: Path, what: str) -> None:
+def _check_full_weights(folder: Path, what: str, require_weights: bool = True) -> None:
     if not folder.is_dir():
         raise UserError(f"{tried_path(folder)}: {what} not found ({DOWNLOAD_HINT})")
     if not (folder / "config.json").is_file():
         raise UserError(f"{tried_path(folder)}: {what} has no config.json ({DOWNLOAD_HINT})")
-    if not any(folder.glob("*.safetensors")):
+    if require_weights and not any(folder.glob("*.safetensors")):
         raise UserError(f"{tried_path(folder)}: {what} has no *.safetensors weights (this project loads "
                         f"safetensors only; {DOWNLOAD_HINT})")
 

@@ -26,6 +26,10 @@ NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")  # present whenever th
 # Oldest driver branch each CUDA major version runs on (NVIDIA's minor-version compatibility table, Linux).
 MIN_DRIVER_FOR_CUDA = {13: 580, 12: 525, 11: 450}
 GUIDE = "docs/gpus.md"
+# The documented way out for a driver older than R580 (and for V100): the pinned torch from PyTorch's CUDA 12.6
+# index, replacing PyPI's CUDA 13.0 build after `pip install -r requirements.txt` (README, docs/gpus.md).
+CUDA12_INSTALL = ("pip install --force-reinstall --no-deps torch==2.13.0 "
+                  "--index-url https://download.pytorch.org/whl/cu126")
 CPU_OPT_IN = "or pass --device cpu to run on the CPU on purpose"
 
 
@@ -90,9 +94,8 @@ def install_hint(branch: int | None) -> str:
         return f"upgrade the NVIDIA driver (R{MIN_DRIVER_FOR_CUDA[13]}+ for the pinned CUDA 13.0 build; see {GUIDE})"
     if cuda_major is None or (branch is not None and branch >= MIN_DRIVER_FOR_CUDA[13]):
         return "install the CUDA build: pip install torch==2.13.0 (PyPI's Linux wheel is CUDA 13.0, driver R580+)"
-    return (f"upgrade the driver to R{MIN_DRIVER_FOR_CUDA[13]}+, or install a CUDA 12 build of torch for this driver "
-            f"from the PyTorch index, e.g. pip install torch==2.13.0 --index-url "
-            f"https://download.pytorch.org/whl/cu126 (see {GUIDE})")
+    return (f"upgrade the driver to R{MIN_DRIVER_FOR_CUDA[13]}+, or install the CUDA 12.6 build of the pinned torch, "
+            f"which runs on R{MIN_DRIVER_FOR_CUDA[12]}+: {CUDA12_INSTALL} (see {GUIDE})")
 
 
 def unusable_driver_message(driver: NvidiaDriver) -> str:
@@ -142,8 +145,7 @@ def has_kernels_for(capability: tuple[int, int], arch_list: list[str]) -> bool:
 def no_kernels_message(index: int, name: str, capability: tuple[int, int], arch_list: list[str]) -> str:
     """The one line for: a GPU whose compute capability the installed torch has no kernels for."""
     major, minor = capability
-    hint = ("install a CUDA 12.6 build of torch, which still carries sm_70: pip install torch==2.13.0 --index-url "
-            "https://download.pytorch.org/whl/cu126 if that release has one, else the newest release that does"
+    hint = (f"install the CUDA 12.6 build of the pinned torch, which carries sm_70: {CUDA12_INSTALL}"
             if (major, minor) == (7, 0) else "install a torch build whose CUDA version supports this GPU")
     return (f"GPU {index} ({name}, compute capability {major}.{minor}, sm_{major}{minor}) has no kernels in "
             f"{torch_build()}, built for {' '.join(arch_list)}: {hint} (see {GUIDE}); {CPU_OPT_IN}")

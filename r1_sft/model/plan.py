@@ -36,6 +36,7 @@ class RunPlan:
     attention: str          # "sdpa" or "flash_attention_2"
     engine: str = ONE_PROCESS  # one process, DDP, FSDP2 or DeepSpeed ZeRO-N
     world_size: int = 1
+    quantization: str = ""  # why 4-bit or 16-bit, when it was decided (training's --use_4bit auto)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -52,8 +53,9 @@ class RunPlan:
         engine = f", {self.engine} x {self.world_size}" if self.world_size > 1 or self.engine != ONE_PROCESS else ""
         what = (f"adapter {display_path(self.folder.adapter_path)} on {display_path(self.folder.base_path)}"
                 if self.folder.adapter_path else f"{self.folder.kind} {display_path(self.folder.base_path)}")
+        why = f"; {self.quantization}" if self.quantization else ""
         return (f"[plan] {what}: {self.device}, {self.dtype_name}{quant}, attn={self.attention}{engine} "
-                f"({self.precision.reason})")
+                f"({self.precision.reason}{why})")
 
     def record(self) -> dict:
         """The plan as run_info.json keeps it."""
@@ -64,6 +66,7 @@ class RunPlan:
             "device": self.device, "precision": self.precision.name, "dtype": self.dtype_name,
             "use_4bit": self.use_4bit, "attention": self.attention, "engine": self.engine,
             "world_size": self.world_size, "reason": self.precision.reason,
+            "quantization": self.quantization or None,
         }
 
 
@@ -81,18 +84,30 @@ def as_dtype(dtype) -> torch.dtype | None:
 
 def make_plan(model: str | Path | ModelFolder, *, device: str = "auto", precision: str = "auto",
               use_4bit: bool = False, for_training: bool = False, engine: str = ONE_PROCESS, world_size: int = 1,
-              dtype=None, attention: str | None = None) -> RunPlan:
+              dtype=None, attention: str | None = None, require_weights: bool = True,
+              quantization: str = "") -> RunPlan:
     """Decide everything once. ``device``: ``--device`` (auto, cuda, cpu) or a device already chosen
     (``cuda:1``); ``precision``: ``--precision``. ``dtype`` / ``attention`` override the decision
-    (tests, merging in float32). Raises UserError (one line) when the machine cannot do what was asked.
+    (tests, merging in float32). ``require_weights`` False: a dry run, which reads only config.json
+    and the tokenizer. ``quantization``: why ``use_4bit`` is what it is, when the caller decided it
+    (printed in the plan line). Raises UserError (one line) when the machine cannot do what was asked.
     """
-    folder = model if isinstance(model, ModelFolder) else resolve_model_folder(model)
+    folder = model if isinstance(model, ModelFolder) else resolve_model_folder(model, require_weights)
     chosen = device if device.startswith("cuda:") else pick_device(device)
-    decision = decide_precision(chosen, weights_size(folder.base_path), precision)
+    decision = decide_precision(chosen, weights_size(folder.base_path) or None, precision)
     if (forced := as_dtype(dtype)) is not None:
         decision = dataclasses.replace(decision, train_weights=forced, inference=forced,
                                        reason=f"{str(forced).removeprefix('torch.')} as asked")
     weights = decision.train_weights if for_training else decision.inference
     return RunPlan(folder=folder, device=chosen, precision=decision, for_training=for_training, use_4bit=use_4bit,
                    attention=attention or pick_attn_implementation(chosen, weights), engine=engine,
-                   world_size=world_size)
+                   world_size=world_size, quantization=quantization)
+
+
+def gpu_memory_gb(device: str) -> float | None:
+    """Total memory of the run's GPU in GB (1e9 bytes), or None on a CPU."""
+    if not device.startswith("cuda"):
+        return None
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(index).total_memory / 1e9

@@ -123,7 +123,8 @@ def check_grpo_settings(cfg: GrpoConfig) -> RunPlan:
         raise UserError(f"--model_path {tried_path(repo_path(cfg.model_path))}: not found (GRPO continues the SFT "
                         f"adapter: run scripts/train_stf_r1_train_val.py first, or pass a base model folder)")
     plan = make_plan(cfg.model_path, device=cfg.device, precision=cfg.precision, use_4bit=cfg.use_4bit,
-                     for_training=True, engine="DDP" if world > 1 else "one process", world_size=world)
+                     for_training=True, engine="DDP" if world > 1 else "one process", world_size=world,
+                     require_weights=not cfg.dry_run)  # a dry run reads config.json and the tokenizer only
     folder = plan.folder
     for flag in ("train_file", "val_file"):
         if not repo_path(getattr(cfg, flag)).is_file():

@@ -1,7 +1,8 @@
 """Stage 3, training: QLoRA / LoRA SFT and distillation on the Hugging Face Trainer, one GPU or many.
 
   config     the training settings (headline defaults live in each stage script's constants)
-  checks     settings checked before anything loads (one-line errors)
+  checks     settings checked before anything loads (one-line errors); the run's plan, --use_4bit auto
+  schedule   steps, evaluations and checkpoints of a run (--eval_steps 0: fitted to its length)
   encoding   SFT records -> token ids and labels (loss on the assistant turn only); split statistics
   batching   padded or padding-free collators, token and padding statistics
   loss       the chunked training loss (no full-vocabulary logits)

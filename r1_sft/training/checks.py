@@ -15,6 +15,7 @@ minutes later (or, worse, a run that trains nothing and exits 0). In order:
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -33,6 +34,7 @@ from r1_sft.training.parallel import check_engine, engine_label, world_size
 
 # --report_to value -> the package its Trainer integration needs.
 TRACKERS = {"tensorboard": "tensorboard", "swanlab": "swanlab", "wandb": "wandb"}
+FIT_SHARE = 0.9  # the share of the GPU's memory a 16-bit estimate may use before auto picks 4-bit
 TEACHER_DOWNLOAD_HINT = ("download it with `python download_model/download_model.py --model_id "
                          "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B`, or pass --teacher_model_path")
 
@@ -63,8 +65,10 @@ def usable_schedulers() -> list[str]:
 
 
 def check_schedule(cfg, *, best_by: str, typical_lr: str) -> None:
-    """Checkpoint cadence, length of the run and learning rate: the same rules for SFT and GRPO."""
-    if cfg.save_steps % cfg.eval_steps != 0:
+    """Checkpoint cadence, length of the run and learning rate: the same rules for SFT and GRPO.
+
+    ``eval_steps`` / ``save_steps`` 0 mean "fit to the run" (``training.schedule``): checked there."""
+    if cfg.eval_steps > 0 and cfg.save_steps > 0 and cfg.save_steps % cfg.eval_steps != 0:
         raise UserError(f"--save_steps {cfg.save_steps} must be a multiple of --eval_steps {cfg.eval_steps} "
                         f"(the best checkpoint is chosen by {best_by})")
     if not (cfg.max_steps == -1 or cfg.max_steps >= 1):
@@ -82,12 +86,16 @@ def check_values(cfg: TrainConfig) -> None:
     check_run_settings(cfg.device, cfg.precision)  # known names (what they mean on this machine: the plan)
 
     at_least_1 = ("max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
-                  "gradient_accumulation_steps", "eval_steps", "save_steps", "logging_steps", "save_total_limit",
-                  "lora_r")
+                  "gradient_accumulation_steps", "logging_steps", "save_total_limit", "lora_r")
     for name in at_least_1:
         value = getattr(cfg, name)
         if not value >= 1:
             _refuse(name, value, "must be at least 1")
+    for name in ("eval_steps", "save_steps"):
+        if not getattr(cfg, name) >= 0:
+            _refuse(name, getattr(cfg, name), "must be at least 1, or 0 to fit it to the run")
+    if cfg.use_4bit not in (True, False, "auto"):
+        _refuse("use_4bit", cfg.use_4bit, "write --use_4bit, --no_use_4bit or --use_4bit auto")
     check_schedule(cfg, best_by="eval loss", typical_lr="typical for LoRA: 5e-5 to 5e-4")
     if not 0 <= cfg.warmup_ratio < 1:
         _refuse("warmup_ratio", cfg.warmup_ratio, "must be >= 0 and < 1 (a fraction of the steps)")
@@ -142,10 +150,63 @@ def check_trackers(spec: str) -> None:
 
 def training_plan(cfg: TrainConfig) -> RunPlan:
     """The run's decisions, once: model folder (a missing or incomplete one: one line with the download
-    hint), device, precision, 4-bit, attention, engine and world size."""
+    hint; a dry run needs only config.json and the tokenizer), device, precision, 4-bit, attention,
+    engine and world size.
+
+    ``--use_4bit auto`` is resolved here (:func:`decide_4bit`) and written back into ``cfg``, so the
+    config saved beside the outputs records what ran.
+    """
     processes = world_size()
-    return make_plan(cfg.model_path, device=cfg.device, precision=cfg.precision, use_4bit=cfg.use_4bit,
-                     for_training=True, engine=engine_label(cfg, processes), world_size=processes)
+    plan = make_plan(cfg.model_path, device=cfg.device, precision=cfg.precision, use_4bit=cfg.use_4bit is True,
+                     for_training=True, engine=engine_label(cfg, processes), world_size=processes,
+                     require_weights=not cfg.dry_run,
+                     quantization={True: "--use_4bit: 4-bit QLoRA as asked",
+                                   False: "--no_use_4bit: LoRA on unquantized weights as asked"}.get(cfg.use_4bit, ""))
+    if cfg.use_4bit == "auto":
+        use_4bit, why = decide_4bit(cfg, plan)
+        plan = dataclasses.replace(plan, use_4bit=use_4bit, quantization=why)
+    cfg.use_4bit = plan.use_4bit
+    return plan
+
+
+def decide_4bit(cfg: TrainConfig, plan: RunPlan) -> tuple[bool, str]:
+    """``--use_4bit auto``: 4-bit only when the 16-bit run does not fit the GPU by the memory estimate.
+
+    The estimate (``memory_estimate``, config.json only) is taken at the worst case: every sequence
+    ``--max_length`` long, ``--per_device_train_batch_size`` of them, on this run's engine. On a CPU
+    there is no card to fit: QLoRA stays, the path the project's CPU tests and ``make demo`` run;
+    a dry run with ``--gpu_memory_gb N`` decides as an N GB GPU would.
+    """
+    from r1_sft.model.plan import gpu_memory_gb
+    from r1_sft.training.memory_estimate import estimate, per_device, read_shape
+    from r1_sft.training.parallel import engine_name
+
+    card = gpu_memory_gb(plan.device)
+    if card is None and cfg.dry_run and cfg.gpu_memory_gb > 0:
+        card = cfg.gpu_memory_gb  # planning on a CPU for a GPU of this size: decide as that GPU would
+    if card is None:
+        return True, "--use_4bit auto on a CPU: QLoRA (no GPU memory to fit; --no_use_4bit trains fp32 LoRA)"
+    shape = read_shape(plan.folder.base_path)
+
+    def peak(use_4bit: bool) -> float:
+        settings = dict(batch_size=cfg.per_device_train_batch_size, max_length=cfg.max_length, use_4bit=use_4bit,
+                        dtype_bytes=2, lora_r=cfg.lora_r, gradient_checkpointing=cfg.gradient_checkpointing,
+                        loss_chunk_tokens=cfg.loss_chunk_tokens)
+        try:
+            est = estimate(shape, lora_target_modules=cfg.lora_target_modules, **settings)
+        except ValueError:  # module names the estimate does not know (or an adapter's own): count all linear layers
+            est = estimate(shape, lora_target_modules="all-linear", **settings)
+        return per_device(est, shape, engine_name(cfg), plan.world_size).total_gb
+
+    sixteen = peak(False)
+    if sixteen <= FIT_SHARE * card:
+        return False, (f"--use_4bit auto: 16-bit LoRA, estimated {sixteen:.1f} GB fits the {card:.0f} GB GPU "
+                       f"(batch {cfg.per_device_train_batch_size} x {cfg.max_length} tokens)")
+    four = peak(True)
+    tail = "" if four <= FIT_SHARE * card else \
+        f"; even that may not fit: lower --per_device_train_batch_size or --max_length"
+    return True, (f"--use_4bit auto: 4-bit QLoRA, 16-bit LoRA would need an estimated {sixteen:.1f} GB of the "
+                  f"{card:.0f} GB GPU, 4-bit {four:.1f} GB{tail}")
 
 
 def check_paths(cfg: TrainConfig) -> None:

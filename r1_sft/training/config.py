@@ -21,7 +21,7 @@ class TrainConfig:
     val_file: str  # validation records for eval loss and best-model choice, JSONL
     output_dir: str  # checkpoints, best_model/, final_model/, training_logs/
     max_length: int  # longest example in tokens (prompt + reasoning + answer + EOS)
-    use_4bit: bool  # QLoRA: base weights in 4-bit NF4 with double quantization; off = LoRA on 16-bit weights
+    use_4bit: bool | str  # QLoRA: base weights in 4-bit NF4 with double quantization; --no_use_4bit = 16-bit LoRA (bf16 or fp16 by GPU); auto = 4-bit only when the 16-bit run does not fit the GPU by the memory estimate
     lora_r: int  # LoRA rank
     lora_alpha: int  # LoRA scaling numerator (scale = alpha / r)
     learning_rate: float  # peak learning rate (AdamW)
@@ -29,8 +29,8 @@ class TrainConfig:
     max_steps: int  # optimizer steps; > 0 overrides num_train_epochs
     per_device_train_batch_size: int  # sequences per device per micro-batch
     gradient_accumulation_steps: int  # micro-batches per optimizer step
-    eval_steps: int  # evaluate the validation loss every N optimizer steps
-    save_steps: int  # write OUTPUT_DIR/checkpoint-N every N steps (a multiple of eval_steps)
+    eval_steps: int  # evaluate the validation loss every N optimizer steps (and at the last step); 0 = about 4 evaluations per run, at most 50 steps apart
+    save_steps: int  # write OUTPUT_DIR/checkpoint-N every N steps (a multiple of eval_steps); 0 = at every evaluation
     early_stopping_patience: int  # stop after N evaluations without a better eval loss; 0 = never
     seed: int  # seed for LoRA init, data order and dropout
     # ---- the other knobs, with their one default

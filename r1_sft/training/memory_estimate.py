@@ -347,7 +347,7 @@ def readme_table(gpu_sizes: Sequence[float] = (16, 24, 40, 80), max_length: int 
             + " | ".join(f"{g:g} GB" for g in gpu_sizes) + " |",
             "|---|---|---|---|" + "---|" * len(gpu_sizes)]
     for name, shape in (("1.5B", R1_DISTILL_1_5B), ("7B", R1_DISTILL_7B)):
-        for use_4bit, label in ((True, "QLoRA（4 位）"), (False, "bf16 LoRA")):
+        for use_4bit, label in ((True, "QLoRA（4 位）"), (False, "16 位 LoRA")):
             kw = dict(max_length=max_length, use_4bit=use_4bit, loss_chunk_tokens=loss_chunk_tokens)
             one, big, bigger = (estimate(shape, batch_size=b, **kw) for b in (1, 32, 64))
             fixed = one.weights_gb + one.lora_gb + one.overhead_gb

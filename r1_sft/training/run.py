@@ -62,6 +62,7 @@ from r1_sft.training.outputs import (
     portable_adapter_config,
 )
 from r1_sft.training.parallel import engine_name
+from r1_sft.training.schedule import Schedule, plan_schedule
 from r1_sft.training.trainer import SFTTrainer
 
 
@@ -131,10 +132,12 @@ def check_loss_settings(cfg: TrainConfig, plan: RunPlan) -> None:
                         "(pip install -r requirements-gpu.txt)")
 
 
-def build_training_args(cfg: TrainConfig, plan: RunPlan, output_dir: Path, sampling_strategy: str
-                        ) -> TrainingArguments:
+def build_training_args(cfg: TrainConfig, plan: RunPlan, output_dir: Path, sampling_strategy: str,
+                        schedule: Schedule | None = None) -> TrainingArguments:
     """The Trainer's arguments: the run's settings, with device and precision from the plan."""
     distributed = plan.world_size > 1
+    eval_steps = schedule.eval_steps if schedule else cfg.eval_steps
+    save_steps = schedule.save_steps if schedule else cfg.save_steps
     if "tensorboard" in report_to(cfg.report_to):
         # transformers 5 has no TrainingArguments.logging_dir: its TensorBoard callback reads this variable.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "training_logs" / "tensorboard")
@@ -151,9 +154,9 @@ def build_training_args(cfg: TrainConfig, plan: RunPlan, output_dir: Path, sampl
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
+        eval_steps=eval_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=save_steps,
         save_total_limit=cfg.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
@@ -218,6 +221,8 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
         if any(no_think.values()):
             print(f"[data] trained as they are (--allow_no_think): {no_think['train']} train and {no_think['val']} "
                   f"val records whose output is not in the think format", flush=True)
+    schedule = plan_schedule(cfg, len(train.dataset), plan.world_size)
+    say("\n".join(schedule.describe(len(val.dataset))), flush=True)
 
     if cfg.dry_run:
         first = train.dataset[0]
@@ -243,7 +248,7 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
     set_seed(cfg.seed)  # before the LoRA weights are initialised
     model, tokenizer = setup_lora_model(cfg, plan)
     collator, sampling_strategy = make_collator(tokenizer, model)
-    args = build_training_args(cfg, plan, output_dir, sampling_strategy)
+    args = build_training_args(cfg, plan, output_dir, sampling_strategy, schedule)
     if is_main:
         model.print_trainable_parameters()
         save_run_info(cfg, logs_dir / "run_info.json", plan)
@@ -277,7 +282,7 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
         for folder in (best_dir, final_dir):
             portable_adapter_config(folder)
             save_run_info(cfg, folder / "run_info.json", plan)
-        for line in end_summary(args, state, early_stopping, best_dir, final_dir, cfg.eval_steps):
+        for line in end_summary(args, state, early_stopping, best_dir, final_dir, schedule.eval_steps):
             print(line, flush=True)
         print(f"[write] {display_path(best_dir)} (best adapter), {display_path(final_dir)} (last adapter), "
               f"{display_path(logs_dir)}/log_history.jsonl ({len(state.log_history)} entries)"

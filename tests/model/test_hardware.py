@@ -18,6 +18,8 @@ import torch
 from r1_sft.cli import UserError
 from r1_sft.model import hardware, precision
 
+from conftest import REPO
+
 CU130_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_103", "sm_120", "sm_121"]
 CU126_ARCHS = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
 PROC_550 = ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n"
@@ -65,6 +67,10 @@ def test_driver_too_old_for_the_cu130_build_is_one_line_naming_driver_build_and_
     assert "driver 550.54.15" in message and "Tesla T4" in message
     assert "CUDA 13.0 build needs driver R580" in message
     assert "--index-url https://download.pytorch.org/whl/cu126" in message and "--device cpu" in message
+    # the same command the README and docs/gpus.md document for an older driver, word for word
+    assert hardware.CUDA12_INSTALL in message
+    for doc in ("README.md", "docs/gpus.md", "docs/faq.md"):
+        assert hardware.CUDA12_INSTALL in (REPO / doc).read_text(encoding="utf-8"), doc
 
 
 def test_driver_known_only_from_proc_when_nvidia_smi_is_absent(machine):
@@ -99,7 +105,7 @@ def test_v100_under_the_cu130_build_has_no_kernels(machine):
     message = str(err.value)
     assert "\n" not in message
     assert "Tesla V100-SXM2-32GB" in message and "compute capability 7.0" in message and "sm_75" in message
-    assert "cu126" in message and "--device cpu" in message
+    assert hardware.CUDA12_INSTALL in message and "--device cpu" in message
     # the explicit CPU opt-in still works on that machine
     assert precision.pick_device("cpu") == "cpu"
 

@@ -169,3 +169,21 @@ def test_path_edge_cases(tmp_path, monkeypatch):
     assert parse_config(StageConfig, ["--input=~/x.jsonl"], quiet=True).input == os.path.expanduser("~/x.jsonl")
     # The value given equal to the default still counts as typed: it resolves from here.
     assert parse_config(StageConfig, ["--data", StageConfig.data], quiet=True).data == str(tmp_path / StageConfig.data)
+
+
+@dataclass
+class AutoConfig:
+    use_4bit: bool | str = "auto"  # 4-bit: auto decides by the memory estimate
+    seed: int = 1  # a seed
+
+
+def test_a_switch_with_auto_keeps_both_flags_and_takes_auto(capsys):
+    assert parse_config(AutoConfig, [], quiet=True).use_4bit == "auto"
+    assert parse_config(AutoConfig, ["--use_4bit"], quiet=True).use_4bit is True
+    assert parse_config(AutoConfig, ["--use_4bit", "--seed", "3"], quiet=True) == AutoConfig(True, 3)
+    assert parse_config(AutoConfig, ["--no_use_4bit"], quiet=True).use_4bit is False
+    assert parse_config(AutoConfig, ["--no_use_4bit", "--use_4bit", "auto"], quiet=True).use_4bit == "auto"
+    with pytest.raises(SystemExit):
+        parse_config(AutoConfig, ["--use_4bit", "false"], quiet=True)
+    assert "write --use_4bit, --no_use_4bit or --use_4bit auto" in capsys.readouterr().err
+    assert "auto decides by the memory estimate" in build_parser(AutoConfig).format_help()
