@@ -97,7 +97,7 @@
     const messages = [];
     for (const ex of state.exchanges.slice(0, upTo)) {
       const a = ex.answers[model];
-      if (!a || a.error || !a.content) continue;  // a model hears its own finished answers only
+      if (!a || a.phase !== "done") continue;  // a model hears its own finished answers only
       messages.push({ role: "user", content: ex.question }, { role: "assistant", content: a.content });
     }
     return messages;
@@ -245,7 +245,7 @@
     const conversation = [];
     for (const ex of state.exchanges) {
       const a = ex.answers[model];
-      if (!a || a.error || !a.content) continue;
+      if (!a || a.phase !== "done") continue;  // finished answers, as the terminal chat keeps them
       conversation.push({ role: "user", content: ex.question, reasoning: "" },
                         { role: "assistant", content: a.content, reasoning: a.reasoning });
     }
