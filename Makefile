@@ -16,7 +16,7 @@ export OMP_NUM_THREADS
 # (a training step through the 151,936-row output layer: 4.8 s on 2 threads, 7 s on 1).
 DEMO_THREADS ?= 2
 
-.PHONY: install demo test data bench
+.PHONY: install browser demo test data bench
 
 install: $(STAMP)
 
@@ -58,7 +58,23 @@ data: install
 	$(PY) data/build_sft_dataset.py
 	$(PY) data/split_sft_train.py
 
-test: install
+# The browser tests: Playwright (pinned in requirements-browser.txt) driving Debian's chromium, installed
+# with apt-get when missing (as root; a CJK font too, for the page and chart screenshots). Once installed
+# nothing is downloaded again. Without root or apt-get the browser tests skip and say why.
+BROWSER_STAMP := $(VENV)/.browser-stamp
+
+browser: $(BROWSER_STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "== installing Debian's chromium for the browser tests (apt-get)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei; \
+		else echo "chromium is missing and this user cannot install it (needs root and apt-get): browser tests will skip"; fi; }
+
+$(BROWSER_STAMP): requirements-browser.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-browser.txt
+	@touch $(BROWSER_STAMP)
+
+test: install browser
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: install data $(TINY)/config.json

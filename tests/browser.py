@@ -2,7 +2,7 @@
 
 Playwright's own browser download is never used: ``executable_path`` points at the system
 chromium that ``make test`` installs (apt-get, as root). Every page runs in a fresh profile with
-no network services, and ``block_network`` fails any request that leaves 127.0.0.1 or ``file:``.
+no network services, and any request that leaves 127.0.0.1 or ``file:`` is aborted and reported.
 Where chromium is missing and cannot be installed (not root, no apt-get), the tests skip and say why;
 where it could be installed (root with apt-get, as in CI), a missing browser is a failure.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,21 +30,33 @@ def chromium_path() -> str:
     pytest.skip(message + "; this user cannot install it (not root or no apt-get)")
 
 
-def launch(playwright, profile: Path):
-    """A headless Debian chromium in a fresh profile folder (a persistent context: one browser, one context)."""
-    pytest.importorskip("playwright", reason="playwright is installed by `make test` (requirements-browser.txt)")
-    return playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=chromium_path(), headless=True, args=FLAGS, locale="zh-CN",
-        viewport={"width": 1280, "height": 900})
+@contextmanager
+def chromium(profile: Path):
+    """A headless Debian chromium in a fresh profile folder (one persistent context) whose requests may not
+    leave this machine: yields ``(context, outside)``, ``outside`` listing every request that tried."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: `make test` installs it (pip install -r requirements-browser.txt)")
+    executable = chromium_path()
+    outside: list[str] = []
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=executable, headless=True, args=FLAGS, locale="zh-CN",
+            viewport={"width": 1280, "height": 900})
+        block_network(context, outside)
+        try:
+            yield context, outside
+        finally:
+            context.close()
 
 
 def block_network(context, outside: list[str]) -> None:
-    """Record and abort every request that is not loopback, ``file:``, ``data:`` or ``blob:``."""
+    """Abort, and record in ``outside``, every request that is not to 127.0.0.1 or a ``file:`` URL."""
     def route(r):
-        url = r.request.url
-        if url.startswith(("http://127.0.0.1:", "file:", "data:", "blob:")):
-            r.continue_() if not url.startswith(("data:", "blob:")) else r.fallback()
+        if r.request.url.startswith(("http://127.0.0.1:", "file:")):
+            r.continue_()
         else:
-            outside.append(url)
+            outside.append(r.request.url)
             r.abort()
     context.route("**/*", route)

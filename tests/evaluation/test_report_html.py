@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from browser import block_network, launch
+from browser import chromium
 from conftest import REPO, run_script
 from r1_sft.evaluation.report_html import write_report_html
 
@@ -60,14 +60,8 @@ def with_statistics(run_dir, folder):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    outside: list[str] = []
-    with sync_playwright() as playwright:
-        context = launch(playwright, tmp_path_factory.mktemp("profile"))
-        block_network(context, outside)
+    with chromium(tmp_path_factory.mktemp("profile")) as (context, outside):
         yield context
-        context.close()
     assert outside == [], f"report.html asked for something off this machine: {outside}"
 
 

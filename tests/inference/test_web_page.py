@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from browser import block_network, launch
+from browser import chromium
 from conftest import REPO, run_script
 from r1_sft.inference.serving import ServerSettings, create_app
 
@@ -143,15 +143,9 @@ def wait_idle(url: str, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    outside: list[str] = []
-    with sync_playwright() as playwright:
-        context = launch(playwright, tmp_path_factory.mktemp("profile"))
-        block_network(context, outside)
+    with chromium(tmp_path_factory.mktemp("profile")) as (context, outside):
         context.set_default_timeout(120_000)
         yield context
-        context.close()
     assert outside == [], f"the page asked for something off this machine: {outside}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser import block_network, launch
+from browser import chromium
 from r1_sft.training.log_report import render_training_report, write_training_report
 
 SFT = [{"loss": 2.5 - 0.1 * s, "grad_norm": 1.0 + 0.05 * s, "learning_rate": 2e-4 * (1 - s / 10), "epoch": s / 10,
@@ -19,15 +19,9 @@ GRPO = [{"loss": 0.01, "grad_norm": 0.3, "learning_rate": 1e-5, "reward": 0.2 + 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    outside: list[str] = []
-    with sync_playwright() as playwright:
-        context = launch(playwright, tmp_path_factory.mktemp("profile"))
-        block_network(context, outside)
+    with chromium(tmp_path_factory.mktemp("profile")) as (context, outside):
         yield context
-        context.close()
-    assert outside == []
+    assert outside == [], outside
 
 
 def charts_shown(browser, path) -> tuple[dict, str]:
