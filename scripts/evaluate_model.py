@@ -75,7 +75,7 @@ class Config(EvalConfig):
 def main(cfg: Config):
     out_dir = run_evaluation(cfg)
     if out_dir is not None:  # rank 0 (or the one process): the same run as one self-contained page
-        print(f"[write] {display_path(write_report_html(out_dir))}")
+        print(f"[report] {display_path(write_report_html(out_dir))} (open it in a browser)")
 
 
 if __name__ == "__main__":
