@@ -7,7 +7,8 @@ text as ``chat_with_model.py --model BASE`` for the same seed in float32), at no
 
 Switching changes the shared model, so generations of the two ids never overlap: any number of
 "tuned" generations may run together, or any number of "base" ones, and a request for the other id
-waits until they have finished. With ``--max_concurrency 1`` (the default) that is no wait at all.
+waits until they have finished (and new requests of the running id wait behind it, so neither id
+starves). With ``--max_concurrency 1`` (the default) that is no wait at all.
 
 The price of keeping the adapter apart: every adapted linear layer adds two small matmuls per step
 (``A`` then ``B``, rank r), which a merged model does not pay. With ``--merge_adapter`` the server
@@ -37,6 +38,7 @@ class ModelVariants:
         self._cond = threading.Condition()
         self._adapter_on = True  # peft loads an adapter switched on
         self._active = 0         # generations running with the current setting
+        self._waiting = {True: 0, False: 0}  # requests waiting, by the setting they need
 
     def resolve(self, requested: str | None) -> str:
         """The id that answers ``requested``: ``base`` when asked for and served, else the tuned id
@@ -48,7 +50,12 @@ class ModelVariants:
         """The model with the adapter on (tuned id) or off (``base``) for one generation."""
         adapter_on = model_id != BASE_ID or not self.switchable
         with self._cond:
-            self._cond.wait_for(lambda: self._active == 0 or self._adapter_on == adapter_on)
+            # Join the running generations only if they use the same setting and nobody waits for the
+            # other one: a steady stream of "tuned" requests never starves a "base" request.
+            self._waiting[adapter_on] += 1
+            self._cond.wait_for(lambda: self._active == 0 or (self._adapter_on == adapter_on
+                                                               and not self._waiting[not adapter_on]))
+            self._waiting[adapter_on] -= 1
             if self.switchable and self._adapter_on != adapter_on:
                 layers = self.model.base_model
                 layers.enable_adapter_layers() if adapter_on else layers.disable_adapter_layers()

@@ -61,3 +61,30 @@ def test_the_adapter_is_off_exactly_while_base_generates_and_the_two_never_overl
     assert all(on == (model_id == "tuned") for model_id, on, _ in seen)
     assert all(other == 0 for _, _, other in seen)  # never a base generation beside a tuned one
     assert model.base_model.on == (seen[-1][0] == "tuned")  # the switch stays where the last one left it
+
+
+def test_a_base_request_is_not_starved_by_a_stream_of_tuned_ones():
+    variants = ModelVariants(FakePeft(), "tuned")
+    order, release_first = [], threading.Event()
+
+    def generate(model_id: str, hold: threading.Event | None = None) -> None:
+        with variants.use(model_id):
+            order.append(model_id)
+            if hold is not None:
+                hold.wait(10)
+
+    first = threading.Thread(target=generate, args=("tuned", release_first))
+    first.start()
+    while order != ["tuned"]:
+        time.sleep(0.01)
+    base = threading.Thread(target=generate, args=("base",))
+    base.start()
+    time.sleep(0.1)  # the base request now waits for the running tuned one
+    later = threading.Thread(target=generate, args=("tuned",))
+    later.start()
+    time.sleep(0.1)
+    assert order == ["tuned"]  # the later tuned request queues behind the waiting base one
+    release_first.set()
+    for t in (first, base, later):
+        t.join(10)
+    assert order == ["tuned", "base", "tuned"]
