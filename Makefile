@@ -16,7 +16,7 @@ export OMP_NUM_THREADS
 # (a training step through the 151,936-row output layer: 4.8 s on 2 threads, 7 s on 1).
 DEMO_THREADS ?= 2
 
-.PHONY: install demo test test-without-model data bench
+.PHONY: install browser demo test test-without-model data bench
 
 install: $(STAMP)
 
@@ -58,13 +58,31 @@ data: install
 	$(PY) data/build_sft_dataset.py
 	$(PY) data/split_sft_train.py
 
+# The browser tests: Playwright (pinned in requirements-browser.txt) driving Debian's chromium, installed
+# with apt-get when missing (as root; a CJK font too, for the page and chart screenshots). Once installed
+# nothing is downloaded again. Without root or apt-get the browser tests skip and say why.
+BROWSER_STAMP := $(VENV)/.browser-stamp
+
+browser: $(BROWSER_STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "== installing Debian's chromium for the browser tests (apt-get)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei; \
+		else echo "chromium is missing and this user cannot install it (needs root and apt-get): browser tests will skip"; fi; }
+
+$(BROWSER_STAMP): requirements-browser.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-browser.txt
+	@touch $(BROWSER_STAMP)
+
+
 # The suite in two parts: while one core builds the stand-in (the real command, as `make demo` does; then
-# reused), the other runs the tests that need no model; then both cores run the tests that need it.
+# reused), the other installs the browser and runs the tests that need no model; then both cores run the
+# tests that need it.
 test: install
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-without-model $(TINY)/config.json
 	R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --stand-in only
 
-test-without-model: install
+test-without-model: install browser
 	$(PY) -m pytest -q --durations=5 --stand-in none
 
 bench: install data $(TINY)/config.json

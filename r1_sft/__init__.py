@@ -17,6 +17,7 @@ Shared by every stage, at the top:
   jsonl_io        atomic writes, JSONL reading
   run_info        resolved config, the run's plan, library versions and git commit beside outputs
   library_output  library chatter silenced once, before any library is imported
+  html_page       self-contained HTML reports: embedded charts, escaped text (evaluation, training)
 
 Imports go one way: shared < data, model < training < rl; model < inference < rl, evaluation;
 data < evaluation (tests/shared/test_structure.py). Stage scripts import the package; nothing imports a script.

@@ -23,7 +23,8 @@ Reads:  DATA (default dataset/sft_r1_test.jsonl, the held-out test split, {"inpu
         CMExam CSV, MedQA-MCMLE JSONL or {"question","options","answer"} file),
         BASE_MODEL and ADAPTER (a LoRA adapter folder or a merged model; "" or absent default = base only),
         ADAPTER2 (optional third row "tuned2", e.g. GRPO after SFT: base vs SFT vs GRPO in one report).
-Writes: OUTPUT_DIR/RUN_NAME/ predictions.jsonl, summary.json, report.md, report.csv, scores.png, run_info.json
+Writes: OUTPUT_DIR/RUN_NAME/ predictions.jsonl, summary.json, report.md, report.csv, scores.png, run_info.json,
+        report.html (one self-contained page: headline with intervals, charts, samples; open it offline)
         (--score FILE: FILE_STEM.summary.json beside FILE, no model loaded).
 
 Example:
@@ -53,6 +54,8 @@ from r1_sft.evaluation.run import (  # noqa: E402
     run_evaluation,
 )
 from r1_sft.inference.decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES  # noqa: E402
+from r1_sft.evaluation.report_html import write_report_html  # noqa: E402
+from r1_sft.paths import display_path  # noqa: E402
 
 
 @dataclass
@@ -70,7 +73,9 @@ class Config(EvalConfig):
 
 @cli_main
 def main(cfg: Config):
-    run_evaluation(cfg)
+    out_dir = run_evaluation(cfg)
+    if out_dir is not None:  # rank 0 (or the one process): the same run as one self-contained page
+        print(f"[report] {display_path(write_report_html(out_dir))} (open it in a browser)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Serve a model over the OpenAI-compatible chat API, with the reasoning apart from the answer.
+"""Serve a model over the OpenAI-compatible chat API, with the reasoning apart from the answer, and a chat page.
+
+Open http://HOST:PORT/ in a browser: the chat page (streamed reasoning and answer, stop, regenerate,
+settings, base and tuned side by side, saved conversations) calls the same API as any client.
+An adapter folder answers two model ids from one loaded model: its own (tuned) and `base` (adapter
+layers switched off); --merge_adapter merges it instead (faster steps, tuned only).
 
 Front-ends (Open WebUI, Chatbox, Cherry Studio, LobeChat) and the `openai` client connect to
 http://HOST:PORT/v1. Responses follow DeepSeek's reasoner: `message.reasoning_content` holds the
@@ -11,7 +16,8 @@ Generation runs `max_concurrency` at a time; `max_queue` more requests wait, the
 the unquantized base unless --use_4bit (one line says which).
 
 Reads:  a model folder (--model: base, LoRA adapter -> its base is loaded, or merged)
-Serves: POST /v1/chat/completions, GET /v1/models, GET /health (running / waiting counts)
+Serves: GET / (chat page), POST /v1/chat/completions, GET /v1/models, GET /health (running / waiting counts)
+Writes: conversations/<name>.json when the page saves (the terminal chat's format)
 
     python scripts/serve_model.py --model model/deepseek_r1_1.5b_lora/best_model
     API_KEY=secret python scripts/serve_model.py --model model/tiny_r1 --api_key_env API_KEY --port 8001
@@ -49,6 +55,8 @@ class Config(RunsOn):
     max_body_bytes: int = 4 * 1024 * 1024  # largest request body (bytes); larger gets 413
     cors_origins: str = ""  # comma-separated browser origins allowed to call the API ("*" = any); "" = none
     use_4bit: bool = False  # load the weights in 4-bit NF4 (bitsandbytes) to save memory
+    merge_adapter: bool = False  # merge an adapter into the base: faster steps, but no "base" id beside it
+    conversations_dir: str = path_field("conversations")  # where the chat page saves and loads conversations
 
 
 def check_config(cfg: Config) -> str | None:
@@ -83,7 +91,7 @@ def main(cfg: Config) -> None:
     plan = make_plan(cfg.model, device=cfg.device, precision=cfg.precision, use_4bit=cfg.use_4bit)
     print(plan.describe(), flush=True)
     sock = bind_socket(cfg.host, cfg.port)
-    model, tokenizer = load_for_generation(plan)
+    model, tokenizer = load_for_generation(plan, merge=cfg.merge_adapter)
     limit = context_limit(model, tokenizer, cfg.max_context)
     if cfg.max_tokens >= limit:
         raise UserError(f"--max_tokens {cfg.max_tokens}: must be below the context limit {limit}")
@@ -91,7 +99,8 @@ def main(cfg: Config) -> None:
         model_name=cfg.model_name or display_path(repo_path(cfg.model)), context_limit=limit,
         default_max_tokens=cfg.max_tokens, max_concurrency=cfg.max_concurrency, max_queue=cfg.max_queue,
         max_body_bytes=cfg.max_body_bytes, api_key=api_key,
-        cors_origins=tuple(o.strip() for o in cfg.cors_origins.split(",") if o.strip()))
+        cors_origins=tuple(o.strip() for o in cfg.cors_origins.split(",") if o.strip()),
+        conversations_dir=str(repo_path(cfg.conversations_dir)))
     app = create_app(model, tokenizer, settings)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
@@ -102,6 +111,8 @@ def main(cfg: Config) -> None:
     print(f"[serve] model {settings.model_name!r}, context {limit} tokens, default max_tokens {cfg.max_tokens}, "
           f"{cfg.max_concurrency} at a time + {cfg.max_queue} waiting, API key "
           f"{'required' if api_key else 'not required'}", flush=True)
+    print(f"[serve] models: {', '.join(app.state.variants.ids)}", flush=True)
+    print(f"[serve] chat page: http://{url_host}:{port}/", flush=True)
     print(f"[serve] listening on http://{url_host}:{port}/v1 (Ctrl-C stops)", flush=True)
     run_server(app, sock)
 

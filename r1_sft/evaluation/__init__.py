@@ -4,6 +4,7 @@
   questions  the evaluation file's questions as prompts and references
   metrics  Chinese metrics (ROUGE on jieba words, BLEU-4 zh, format, repetition), MCQ accuracy
   report   tables, report.md, summary, chart
+  report_html  report.html: one self-contained page (headline with intervals, charts, samples)
 
 The multiple-choice answer reader is shared (r1_sft/answer_reader.py): GRPO's reward reads answers
 with the same code. Benchmark files are read by r1_sft.data.benchmarks.

@@ -1,8 +1,9 @@
 """Saved conversations: the JSON files the chat's ``save`` writes and ``load`` reads.
 
 A file (``conversations/<name>.json``, written atomically) holds ``{"model_path", "timestamp",
-"settings", "conversation"}``, each turn ``{"role", "content", "reasoning"}``. Save names stay
-inside the conversations folder; a damaged file is refused with the reason, in one line.
+"settings", "conversation"}``, each turn ``{"role", "content", "reasoning"}``. The terminal chat and the
+chat page save and load through this code; names stay inside the conversations folder; a damaged
+file is refused with the reason, in one line.
 """
 from __future__ import annotations
 
@@ -64,6 +65,12 @@ def load_conversation(path: Path) -> dict:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConversationFileError(f"line {exc.lineno}: not valid JSON ({exc.msg}) / 不是有效的 JSON") from None
+    return check_conversation(record)
+
+
+def check_conversation(record) -> dict:
+    """The record with its turns checked (alternating user/assistant, strings, every question
+    answered); ConversationFileError says what is wrong. Files and the chat page's saves alike."""
     if not isinstance(record, dict) or not isinstance(record.get("conversation"), list):
         raise ConversationFileError('no "conversation" list / 缺少 conversation 列表')
     turns = []

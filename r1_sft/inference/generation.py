@@ -15,7 +15,8 @@
   reasoning apart from the answer, cut at ``</think>`` even across pieces.
 * Stopping on request: a ``StopFlag`` (Ctrl-C in the chat, a client that left the server) ends
   ``generate`` at the next token.
-* ``load_for_generation``: ``r1_sft.model.loading.load_model`` with the adapter folded in (unless 4-bit) and one
+* ``load_for_generation``: ``r1_sft.model.loading.load_model`` with the adapter folded in (unless 4-bit or
+  the server keeps it apart to answer base and tuned) and one
   line saying when a QLoRA adapter runs on another base precision than the one it was trained on.
 
 Batch invariance holds only in float32: greedy outputs are then identical whatever the batch size
@@ -234,10 +235,11 @@ def generate_responses(model, tokenizer, conversations: Sequence[Sequence[dict]]
     return generate_with_stats(model, tokenizer, conversations, decoding, batch_size=batch_size, **values)[0]
 
 
-def load_for_generation(plan, *, label: str = ""):
+def load_for_generation(plan, *, label: str = "", merge: bool = True):
     """``(model, tokenizer)`` ready to generate from the run's plan (``r1_sft.model.plan.make_plan``): the
-    one loader, an adapter folded into its base (never into 4-bit weights), and one line when a QLoRA
-    adapter runs on another base precision than the one it was trained on."""
+    one loader, an adapter folded into its base (never into 4-bit weights; ``merge=False`` keeps it apart,
+    for base and tuned from one model: ``model_variants``), and one line when a QLoRA adapter runs on
+    another base precision than the one it was trained on."""
     from r1_sft.model.loading import load_model
     from r1_sft.run_info import adapter_base_note
 
@@ -247,7 +249,7 @@ def load_for_generation(plan, *, label: str = ""):
     note = adapter_base_note(plan.folder, use_4bit, plan.dtype)
     if note:
         print(head + note, flush=True)
-    if hasattr(model, "merge_and_unload") and not use_4bit:
+    if hasattr(model, "merge_and_unload") and not use_4bit and merge:
         # LoRA layers add two small matmuls per adapted layer at every step; folded in, generation
         # runs at the base model's speed. (Never into 4-bit weights: that would requantize them.)
         model = model.merge_and_unload()

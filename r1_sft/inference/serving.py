@@ -13,6 +13,9 @@
 * Streamed as server-sent events: a role chunk, ``reasoning_content`` deltas, then ``content``
   deltas, a chunk with the finish reason, a usage chunk when ``stream_options.include_usage``, and
   ``data: [DONE]``.
+* Base and tuned from one model (``model_variants``): an adapter kept apart from its base answers its
+  own id and ``base`` (adapter layers off); ``/v1/models`` lists both.
+* The chat page (``web_page``: ``/``, ``/static/``, ``/api/conversations``) calls this same API.
 * Errors: 400 for a bad request (a prompt past the context names the limit), 401 without the key,
   413 past the body size limit, 429 on a full queue, 500 when generation fails; the server goes on.
   One log line per request; never the key, never the text.
@@ -38,6 +41,7 @@ from starlette.exceptions import HTTPException
 
 from r1_sft.cli import UserError
 from r1_sft.inference.generation import StopFlag, stream_reply
+from r1_sft.inference.model_variants import ModelVariants
 from r1_sft.inference.openai_api import (
     ApiError,
     Completion,
@@ -161,7 +165,7 @@ class GenerationQueue:
 
 @dataclass
 class ServerSettings:
-    model_name: str                 # the id in /v1/models and in every response
+    model_name: str                 # the served model's id in /v1/models and responses (with "base" beside an adapter)
     context_limit: int              # prompt + completion tokens the model can attend to
     default_max_tokens: int = 2048  # completion budget when a request names none
     max_concurrency: int = 1
@@ -169,6 +173,7 @@ class ServerSettings:
     max_body_bytes: int = 4 * 1024 * 1024
     api_key: str | None = field(default=None, repr=False)  # never printed
     cors_origins: tuple[str, ...] = ()
+    conversations_dir: str | None = None  # where the page saves conversations; None = no page
 
 
 async def read_json_body(request, limit: int):
@@ -191,8 +196,9 @@ async def read_json_body(request, limit: int):
 
 
 def create_app(model, tokenizer, settings: ServerSettings):
-    """The FastAPI app: POST /v1/chat/completions, GET /v1/models, GET /health."""
+    """The FastAPI app: POST /v1/chat/completions, GET /v1/models, GET /health (and the chat page)."""
     queue = GenerationQueue(settings.max_concurrency, settings.max_queue)
+    variants = ModelVariants(model, settings.model_name)
     started = int(time.time())
 
     @asynccontextmanager
@@ -201,7 +207,7 @@ def create_app(model, tokenizer, settings: ServerSettings):
         queue.close()
 
     app = FastAPI(title="r1_sft OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.queue = queue
+    app.state.queue, app.state.variants = queue, variants
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -225,14 +231,15 @@ def create_app(model, tokenizer, settings: ServerSettings):
     @app.get("/v1/models")
     async def models(request: Request):
         check_api_key(request.headers.get("authorization"), settings.api_key)
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": started,
-                                            "owned_by": "r1_sft", "max_model_len": settings.context_limit}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "r1_sft",
+                                            "max_model_len": settings.context_limit} for name in variants.ids]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         check_api_key(request.headers.get("authorization"), settings.api_key)
         body = await read_json_body(request, settings.max_body_bytes)
         req = parse_request(body, tokenizer, settings.context_limit, settings.default_max_tokens)
+        model_id = variants.resolve(body.get("model"))
         completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         stop = StopFlag()
         loop = asyncio.get_running_loop()
@@ -246,7 +253,7 @@ def create_app(model, tokenizer, settings: ServerSettings):
 
         on_part = (lambda kind, text: to_loop(("part", (kind, text)))) if req.stream else None
         try:
-            future = queue.submit(lambda: generate_completion(model, tokenizer, req, stop, on_part), stop)
+            future = queue.submit(lambda: _generate_with(variants, model_id, tokenizer, req, stop, on_part), stop)
         except QueueFull as full:
             raise ApiError(429, f"the server is busy ({queue.running} generating, {queue.waiting} waiting); "
                            f"retry after {full.retry_after} s", type="rate_limit_error",
@@ -254,7 +261,7 @@ def create_app(model, tokenizer, settings: ServerSettings):
         future.add_done_callback(_logger(completion_id, len(req.prompt_ids), req.stream))
         if req.stream:
             future.add_done_callback(lambda f: to_loop(("done", f)))
-            return StreamingResponse(_stream(events, stop, completion_id, created, settings.model_name, req),
+            return StreamingResponse(_stream(events, stop, completion_id, created, model_id, req),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         waiting = asyncio.wrap_future(future)
@@ -266,9 +273,19 @@ def create_app(model, tokenizer, settings: ServerSettings):
         completion = _result(future)
         if completion is None:  # stopped before it started: the server is shutting down
             raise ApiError(503, "the server is shutting down", type="server_error")
-        return completion_body(completion_id, created, settings.model_name, len(req.prompt_ids), completion)
+        return completion_body(completion_id, created, model_id, len(req.prompt_ids), completion)
 
+    if settings.conversations_dir is not None:
+        from r1_sft.inference.web_page import add_page_routes
+
+        add_page_routes(app, settings)
     return app
+
+
+def _generate_with(variants: ModelVariants, model_id: str, tokenizer, req: CompletionRequest, stop: StopFlag,
+                   on_part) -> Completion:
+    with variants.use(model_id) as model:
+        return generate_completion(model, tokenizer, req, stop, on_part)
 
 
 def _result(future: Future) -> Completion | None:

@@ -8,6 +8,7 @@
   loss       the chunked training loss (no full-vocabulary logits)
   trainer    the Trainer subclass: the project's loss, token-weighted eval_loss, the non-finite guard
   callbacks  progress lines, end summary, loss curve
+  log_report training_logs/report.html: loss, learning rate, grad norm (and GRPO's rewards) as charts
   outputs    a run's folder: complete checkpoints, best / final adapters, clearing an earlier run
   memory_estimate  peak GPU memory of a training run, from config.json (the dry run's plan)
   parallel   past one device: DDP, FSDP2 or DeepSpeed ZeRO, checked before loading

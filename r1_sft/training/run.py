@@ -54,6 +54,7 @@ from r1_sft.training.encoding import (
     render_trained_example,
     write_encoded_examples,
 )
+from r1_sft.training.log_report import write_training_report
 from r1_sft.training.outputs import (
     check_output_dir,
     clear_output_dir,
@@ -279,6 +280,7 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
         (best_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
         write_jsonl(logs_dir / "log_history.jsonl", state.log_history)
         plotted = plot_loss_curve(state.log_history, logs_dir / "loss_curve.png")
+        write_training_report(logs_dir, state.log_history)  # training_logs/report.html: loss, lr, grad norm
         for folder in (best_dir, final_dir):
             portable_adapter_config(folder)
             save_run_info(cfg, folder / "run_info.json", plan)
