@@ -151,7 +151,7 @@ def test_readme_is_short_starts_with_the_two_commands_and_keeps_the_seed_quick_s
 # Pages rewritten on other branches (issues 26, 27, 28): until those merge, these pages still hold what the
 # checks below refuse. strict: once a page passes, the XPASS fails, and its entry here must go.
 PENDING_REWRITE = {
-    "words": {"docs/evaluation.md": "issue 26", "docs/grpo.md": "issue 27", "docs/chat_and_serving.md": "issue 28"},
+    "words": {"docs/evaluation.md": "issue 26"},
     "defaults": {},
     "paths": {"docs/evaluation.md": "issue 26"},
 }
