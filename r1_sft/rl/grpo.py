@@ -286,6 +286,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
         import shutil
 
         from r1_sft.jsonl_io import write_jsonl
+        from r1_sft.training.log_report import write_training_report
 
         shutil.rmtree(best_dir / "ref", ignore_errors=True)  # TRL's frozen reference copy (beta > 0): not ours
         tokenizer.save_pretrained(str(best_dir))
@@ -293,6 +294,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
         copy_adapter(output_dir / f"checkpoint-{state.global_step}", final_dir, tokenizer)
         write_jsonl(logs_dir / "log_history.jsonl", state.log_history)
         plotted = plot_reward_curve(state.log_history, logs_dir / "reward_curve.png")
+        write_training_report(logs_dir, state.log_history, "GRPO")  # training_logs/report.html
         for folder in (best_dir, final_dir):
             portable_adapter_config(folder)
             save_run_info(cfg, folder / "run_info.json", plan)
