@@ -1,66 +1,94 @@
-"""A run's decisions are made once (r1_sft/model/plan.py): one training run resolves its model folder and
-decides its precision exactly once, prints the plan once, and run_info.json's plan is what ran (the dry
-run's one plan line: tests/training/test_training.py)."""
+"""A run's decisions are made once (r1_sft/model/plan.py): one training run through the real script resolves
+its model folder and decides its device and precision exactly once, prints the plan once, and
+run_info.json's plan is what ran (the dry run's one plan line: tests/training/test_training.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
-import torch
-from transformers import TrainerCallback
-
-from conftest import REPO, sft_config
+from conftest import REPO
 
 TRAIN = REPO / "tests/fixtures/sft_tiny_train.jsonl"
 VAL = REPO / "tests/fixtures/sft_tiny_val.jsonl"
 
+# Runs the stage script in a process of its own with every decision function wrapped, wherever it was
+# imported (module attribute or `from` import), and reports the calls and what the loader really loaded.
+SPIED_RUN = """
+import json, runpy, sys
+sys.path.insert(0, sys.argv[1])
+import r1_sft.training.run, r1_sft.training.checks, r1_sft.model.loading  # the run's modules, before the spies
+from r1_sft.model import folders, loading, precision
 
-def spy_everywhere(monkeypatch, module, name: str) -> list:
-    """Count every call of ``module.name``, however it was imported (module attribute or ``from`` import)."""
-    original, calls = getattr(module, name), []
+calls = {"resolve_model_folder": 0, "decide_precision": 0, "pick_device": 0}
+loaded = []
 
+def wrap(module, name, after=None):
+    original = getattr(module, name)
     def spy(*args, **kwargs):
-        calls.append(args)
-        return original(*args, **kwargs)
+        calls[name] = calls.get(name, 0) + 1
+        result = original(*args, **kwargs)
+        if after:
+            after(result)
+        return result
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__dict__", {}).get(name) is original:
+            setattr(mod, name, spy)
 
-    for loaded in list(sys.modules.values()):
-        if getattr(loaded, "__dict__", {}).get(name) is original:
-            monkeypatch.setattr(loaded, name, spy)
-    return calls
+def record(result):
+    model = result[0]
+    frozen = next(p for n, p in model.named_parameters() if "embed_tokens" in n)
+    loaded.append({"dtype": str(frozen.dtype).removeprefix("torch."), "device": frozen.device.type})
+
+for name in ("resolve_model_folder",):
+    wrap(folders, name)
+for name in ("decide_precision", "pick_device"):
+    wrap(precision, name)
+wrap(loading, "load_model", record)
+sys.argv = sys.argv[2:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("SPIED " + json.dumps({"calls": calls, "loaded": loaded}), flush=True)
+"""
 
 
-class WhatRan(TrainerCallback):
-    """The dtype and device of the frozen weights the Trainer trains over."""
+def spied_run(*args, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = subprocess.run([sys.executable, "-c", SPIED_RUN, str(REPO), *map(str, args)], capture_output=True,
+                          text=True, timeout=600, cwd=REPO, env={**os.environ, **(env or {})})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("SPIED ")]
+    return proc, json.loads(lines[-1][6:]) if lines else {}
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        frozen = next(p for n, p in model.named_parameters() if "lora_" not in n and "embed_tokens" in n)
-        self.dtype, self.device = frozen.dtype, frozen.device
 
-
-def test_one_training_run_decides_once_and_records_what_ran(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    import r1_sft.training.run  # noqa: F401  (every module of a run imported before the spies go in)
-    from r1_sft.model import folders, precision
-    from r1_sft.training.run import run_training
-
-    resolved = spy_everywhere(monkeypatch, folders, "resolve_model_folder")
-    decided = spy_everywhere(monkeypatch, precision, "decide_precision")
-    devices = spy_everywhere(monkeypatch, precision, "pick_device")
+def test_one_training_run_decides_once_and_records_what_ran(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = sft_config(model_path=str(tiny_model_dir), train_file=str(TRAIN), val_file=str(VAL), output_dir=str(out),
-                     max_steps=2, eval_steps=2, save_steps=2, logging_steps=1, max_length=256,
-                     per_device_train_batch_size=2, gradient_accumulation_steps=1, gradient_checkpointing=False,
-                     lora_target_modules="q_proj,v_proj", report_to="none", device="cpu", precision="bf16")
-    what_ran = WhatRan()
-    run_training(cfg, callbacks=[what_ran])
-
-    assert (len(resolved), len(decided), len(devices)) == (1, 1, 1)
-    printed = capsys.readouterr().out
-    assert printed.count("[plan] ") == 1, printed
+    proc, spied = spied_run(REPO / "scripts/train_stf_r1_train_val.py",
+                      "--model_path", tiny_model_dir, "--train_file", TRAIN, "--val_file", VAL, "--output_dir", out,
+                      "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1",
+                      "--max_length", "256", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                      "--no_gradient_checkpointing", "--lora_target_modules", "q_proj,v_proj", "--use_4bit",
+                      "--device", "cpu", "--precision", "bf16", env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert spied["calls"]["resolve_model_folder"] == 1, spied
+    assert spied["calls"]["decide_precision"] == 1, spied
+    assert spied["calls"]["pick_device"] == 1, spied
+    assert len(spied["loaded"]) == 1, spied  # one model load: the frozen base under LoRA
+    assert sum(line.startswith("[plan] ") for line in proc.stdout.splitlines()) == 1, proc.stdout
     plan = json.loads((out / "training_logs/run_info.json").read_text(encoding="utf-8"))["plan"]
-    assert plan["dtype"] == str(what_ran.dtype).removeprefix("torch.") == "bfloat16"
-    assert plan["device"] == what_ran.device.type == "cpu"
+    assert (plan["dtype"], plan["device"]) == (spied["loaded"][0]["dtype"], spied["loaded"][0]["device"]) \
+        == ("bfloat16", "cpu")
     assert plan["precision"] == "bf16" and plan["use_4bit"] is True and plan["engine"] == "one process"
     assert plan["model"]["kind"] == "base" and plan["world_size"] == 1
     # the adapters carry the same record
     assert json.loads((out / "best_model/run_info.json").read_text(encoding="utf-8"))["plan"] == plan
-    assert what_ran.dtype == torch.bfloat16
+
+
+def test_the_spy_counts_a_second_decision(tiny_model_dir, tmp_path):
+    """The check above can fail: a script that decides twice is caught."""
+    twice = tmp_path / "twice.py"
+    twice.write_text("import sys\nsys.path.insert(0, %r)\nfrom r1_sft.model.plan import make_plan\n"
+                     "make_plan(%r)\nmake_plan(%r)\n" % (str(REPO), str(tiny_model_dir), str(tiny_model_dir)))
+    proc, spied = spied_run(twice)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert spied["calls"]["resolve_model_folder"] == 2 and spied["calls"]["decide_precision"] == 2, spied
