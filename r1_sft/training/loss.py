@@ -97,16 +97,21 @@ class _FusedHeadLoss(torch.autograd.Function):
 
     Inputs: the trained positions' hidden states ``[tokens, hidden]`` and the head's trainable
     parameters (so autograd routes their gradients); ``spec`` holds everything else. Outputs: the
-    weighted loss (differentiable), the CE and KL sums (not). The weight of each term and the
-    denominator are known in the forward pass, so the stored gradients are those of the final loss;
-    backward multiplies them by the incoming gradient (a loss scale under fp16).
+    weighted loss (differentiable), the CE and KL sums (not).
+
+    fp16: the stored gradients are those of the *summed* loss ``(1-λ)·CE_sum + λ·T²·KL_sum``, in fp32,
+    not of the final loss: ``(p - y)/N`` for the non-target vocabulary underflows in fp16 once the
+    denominator N (trained tokens over the accumulated, multi-process batch) reaches thousands. Backward
+    applies ``1/N`` and the incoming gradient (the GradScaler's or DeepSpeed's loss scale, 65,536 at the
+    start) in fp32 and casts once, at the end: the scale itself never passes through fp16 (max 65,504).
     """
 
     @staticmethod
     def forward(ctx, hidden, spec, *params):
         ce_weight, kl_weight = spec["ce_weight"], spec["kl_weight"]
         want = [hidden] + [p for p in params]
-        grads = [torch.zeros_like(hidden)] + [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        grads = [torch.zeros_like(hidden, dtype=torch.float32)] + \
+            [torch.zeros_like(p, dtype=torch.float32) for p in params]
         ce_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         kl_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         chunk = spec["chunk_tokens"]
@@ -117,9 +122,9 @@ class _FusedHeadLoss(torch.autograd.Function):
             with torch.enable_grad():
                 ce, kl = _chunk_terms(x, teacher, spec["targets"][part], spec["head"], spec["teacher_head"],
                                       spec["kl_vocab"], spec["temperature"])
-                local = ce * ce_weight + (kl * kl_weight if kl is not None else 0.0)
+                local = ce * ce_weight + (kl * kl_weight if kl is not None else 0.0)  # O(1) weights, no 1/N
                 chunk_grads = torch.autograd.grad(local, [x] + want[1:], allow_unused=True)
-            grads[0][part] = chunk_grads[0]
+            grads[0][part] = chunk_grads[0].float()
             for total, g in zip(grads[1:], chunk_grads[1:]):
                 if g is not None:
                     total += g.float()
@@ -127,16 +132,19 @@ class _FusedHeadLoss(torch.autograd.Function):
             if kl is not None:
                 kl_sum += kl.detach()
         ctx.save_for_backward(*grads)
+        ctx.hidden_dtype = hidden.dtype
         ctx.param_dtypes = [p.dtype for p in params]
+        ctx.inv_denominator = 1.0 / spec["denominator"]
         ctx.mark_non_differentiable(ce_sum, kl_sum)
-        loss = ce_sum * ce_weight + kl_sum * kl_weight
+        loss = (ce_sum * ce_weight + kl_sum * kl_weight) * ctx.inv_denominator
         return loss, ce_sum, kl_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_kl):
         hidden_grad, *param_grads = ctx.saved_tensors
-        scaled = [(g * grad_loss).to(dtype) for g, dtype in zip(param_grads, ctx.param_dtypes)]
-        return (hidden_grad * grad_loss.to(hidden_grad.dtype), None, *scaled)
+        factor = grad_loss.float() * ctx.inv_denominator  # loss scale / N, in fp32
+        scaled = [(g * factor).to(dtype) for g, dtype in zip(param_grads, ctx.param_dtypes)]
+        return ((hidden_grad * factor).to(ctx.hidden_dtype), None, *scaled)
 
 
 def chunked_loss(student_hidden: torch.Tensor, student_head, labels: torch.Tensor, *,
@@ -171,10 +179,11 @@ def chunked_loss(student_hidden: torch.Tensor, student_head, labels: torch.Tenso
     use_kl = teacher_hidden is not None and lambda_kl != 0
     spec = dict(targets=targets[trained], teacher_sel=teacher_sel, head=student_head, teacher_head=teacher_head,
                 kl_vocab=kl_vocab, temperature=temperature, chunk_tokens=chunk_tokens,
-                ce_weight=(1.0 - lambda_kl) / denominator,
-                kl_weight=lambda_kl * temperature ** 2 / denominator if use_kl else 0.0)
-    if torch.is_grad_enabled() and student_sel.requires_grad:
-        params = [p for p in student_head.parameters() if p.requires_grad]
+                denominator=denominator, ce_weight=1.0 - lambda_kl,
+                kl_weight=lambda_kl * temperature ** 2 if use_kl else 0.0)
+    params = [p for p in student_head.parameters() if p.requires_grad]
+    # LoRA on lm_head alone without gradient checkpointing: the hidden states need no gradient, the head does.
+    if torch.is_grad_enabled() and (student_sel.requires_grad or params):
         loss, ce_sum, kl_sum = _FusedHeadLoss.apply(student_sel, spec, *params)
     else:
         with torch.no_grad():
@@ -187,7 +196,7 @@ def chunked_loss(student_hidden: torch.Tensor, student_head, labels: torch.Tenso
                 ce_sum += ce
                 if kl is not None:
                     kl_sum += kl
-            loss = ce_sum * spec["ce_weight"] + kl_sum * spec["kl_weight"]
+            loss = (ce_sum * spec["ce_weight"] + kl_sum * spec["kl_weight"]) / denominator
     if tokens == 0:  # keep the graph connected so DDP and backward see every parameter
         loss = loss + student_hidden.sum() * 0.0
     return LossParts(loss, ce_sum.detach(), kl_sum.detach() if teacher_hidden is not None else None, tokens)
