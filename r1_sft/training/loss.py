@@ -228,6 +228,11 @@ def final_hidden_states(model, head_model, inputs: dict) -> torch.Tensor:
     ``last_hidden_state`` as it leaves the decoder (in the forward's own dtype, before accelerate's
     fp32 conversion of the outputs).
     """
+    return _forward(model, head_model, inputs)[0]
+
+
+def _forward(model, head_model, inputs: dict):
+    """(final hidden states, the model's output with its one position of logits)."""
     kept = {}
 
     def keep(_module, _args, output):
@@ -235,10 +240,10 @@ def final_hidden_states(model, head_model, inputs: dict) -> torch.Tensor:
 
     handle = head_model.get_decoder().register_forward_hook(keep)
     try:
-        model(**model_inputs(inputs), logits_to_keep=1)
+        output = model(**model_inputs(inputs), logits_to_keep=1)
     finally:
         handle.remove()
-    return kept["hidden"]
+    return kept["hidden"], output
 
 
 def model_loss(model, inputs: dict, *, teacher=None, lambda_kl: float = 0.0, temperature: float = 1.0,
@@ -251,10 +256,54 @@ def model_loss(model, inputs: dict, *, teacher=None, lambda_kl: float = 0.0, tem
     lm_head is used (default ``model``). Pass ``teacher=None`` to skip the teacher (CE only).
     """
     head_model = head_model if head_model is not None else model
-    student_hidden = final_hidden_states(model, head_model, inputs)
+    student_hidden, output = _forward(model, head_model, inputs)
     teacher_hidden = teacher_hidden_states(teacher, inputs) if teacher is not None else None
-    return chunked_loss(
-        student_hidden, head_model.get_output_embeddings(), inputs["labels"],
-        teacher_hidden=teacher_hidden, teacher_head=teacher.get_output_embeddings() if teacher is not None else None,
-        lambda_kl=lambda_kl if teacher is not None else 0.0, temperature=temperature, kl_vocab=kl_vocab,
-        chunk_tokens=chunk_tokens, num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
+    head = head_model.get_output_embeddings()
+    with unsharded_head(model, head_model) as sharded:
+        parts = chunked_loss(
+            student_hidden, head, inputs["labels"],
+            teacher_hidden=teacher_hidden, teacher_head=teacher.get_output_embeddings() if teacher is not None else None,
+            lambda_kl=lambda_kl if teacher is not None else 0.0, temperature=temperature, kl_vocab=kl_vocab,
+            chunk_tokens=chunk_tokens, num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
+        if sharded and parts.loss.requires_grad:
+            # the forward's one position of logits joins the graph (x 0): FSDP2's pre-backward hooks on the
+            # forward's outputs then fire as with the stock loss, unsharding what the backward reads
+            parts.loss = parts.loss + output.logits.float().sum() * 0.0
+        return parts
+
+
+@contextlib.contextmanager
+def unsharded_head(model, head_model):
+    """Under FSDP2, the whole weights of lm_head and the final norm for the loss; yields whether sharded.
+
+    The head runs outside the model's forward, after FSDP2 resharded its group (reading a shard
+    crashed the process in backward). The groups that own lm_head and the final norm are unsharded
+    here (``FSDPModule.unshard()``): the module's parameters are then the full tensors, and
+    :class:`_FusedHeadLoss` takes those as inputs, so its backward accumulates their gradients.
+    The caller adds the forward's one position of logits to the loss (x 0) so that FSDP2's own
+    pre-backward hooks fire as with the stock loss; its end-of-backward callback runs the post-backward
+    of every group whose hooks did not, which reduce-scatters those gradients and reshards (torch 2.13,
+    ``_root_post_backward_final_callback``). Without grad (evaluation) it reshards at once.
+    Measured on 2 CPU processes: eval_loss equal to one process's (tests/training/test_fsdp.py).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        yield False
+        return
+    fsdp = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    needed = [head_model.get_output_embeddings(), getattr(head_model.get_decoder(), "norm", None)]
+    owners = []
+    for module in needed:
+        # the innermost group holding the module: modules() lists a parent before its children
+        holding = [m for m in fsdp if module is not None and any(sub is module for sub in m.modules())]
+        if holding and holding[-1] not in owners:
+            owners.append(holding[-1])
+    for owner in owners:
+        owner.unshard()
+    try:
+        yield bool(owners)
+    finally:
+        if not torch.is_grad_enabled():
+            for owner in owners:
+                owner.reshard()
