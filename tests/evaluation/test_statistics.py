@@ -126,3 +126,16 @@ def test_num_samples_scores_several_departments_and_the_same_questions_with_the_
     assert acc["n"] == 10 and math.isclose(acc["value"], summary["models"]["base"]["accuracy"])
     # the same draw as select_items gives (one definition for every caller)
     assert [i.id for i in select_items(load_items(data, "mcq"), 10, 42)[0]] == ids[0]
+
+
+def test_paired_blocks_exist_only_for_the_models_present():
+    from r1_sft.evaluation.statistics import paired_stats
+
+    base = {"accuracy": [0.0, 1.0, 0.0, 1.0], "think_closed": [1.0, 1.0, 0.0, 1.0]}
+    tuned = {"accuracy": [1.0, 1.0, 1.0, 1.0], "think_closed": [1.0, 1.0, 1.0, 1.0]}
+    both = paired_stats({"base": base, "tuned": tuned, "tuned2": base}, seed=1, n_samples=1)
+    assert list(both) == ["tuned-base", "tuned2-base"]
+    assert both["tuned-base"]["accuracy"]["method"].startswith("McNemar")  # accuracy, one sample per question
+    assert both["tuned-base"]["think_closed"]["method"].startswith("paired permutation")
+    assert both["tuned2-base"]["accuracy"]["diff"] == 0.0 and not both["tuned2-base"]["accuracy"]["distinguishable"]
+    assert paired_stats({"base": base}, seed=1, n_samples=1) == {}
