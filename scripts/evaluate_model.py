@@ -63,7 +63,7 @@ class Config(EvalConfig):
     base_model: str = DEFAULT_BASE  # base model folder ("base")
     adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only (also when this default is absent)
     data: str = DEFAULT_DATA  # evaluation file: the held-out test split (the validation split chose the checkpoint)
-    num_samples: int = 100  # first N questions of DATA; 0 = all
+    num_samples: int = 100  # N questions of DATA, a seeded random draw (stratified by subject/department when the file has one); 0 = all
     n_samples: int = N_SAMPLES  # samples per question; scores are their mean (spread in the report)
     max_new_tokens: int = MAX_NEW_TOKENS  # generation limit per answer, in tokens (R1 reasons at length)
     do_sample: bool = DO_SAMPLE  # R1 protocol sampling (T 0.6, top_p 0.95, fixed seed); --no_do_sample = greedy

@@ -14,8 +14,7 @@ Example:
     python scripts/train_stf_r1_train_val.py --dry_run
     python scripts/train_stf_r1_train_val.py --num_train_epochs 2 --learning_rate 1e-4
     torchrun --nproc_per_node 2 scripts/train_stf_r1_train_val.py      # multi-GPU (DDP)
-    torchrun --nproc_per_node 2 scripts/train_stf_r1_train_val.py --fsdp_config configs/fsdp2_qlora.json \\
-        --loss_chunk_tokens 0                                          # sharded (docs/multi_gpu.md)
+    torchrun --nproc_per_node 2 scripts/train_stf_r1_train_val.py --fsdp_config configs/fsdp2_qlora.json  # sharded
 """
 from __future__ import annotations
 

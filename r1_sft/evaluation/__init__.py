@@ -3,6 +3,7 @@
   run      the evaluation: questions, generation through r1_sft.inference, scoring, one process or torchrun
   questions  the evaluation file's questions as prompts and references
   metrics  Chinese metrics (ROUGE on jieba words, BLEU-4 zh, format, repetition), MCQ accuracy
+  statistics  which questions (seeded, stratified draw); standard errors, intervals, paired tests, maj@k / pass@k
   report   tables, report.md, summary, chart
   report_html  report.html: one self-contained page (headline with intervals, charts, samples)
 

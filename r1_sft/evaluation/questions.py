@@ -11,6 +11,7 @@ from r1_sft.paths import display_path, repo_path
 from r1_sft.r1_format import build_user_text
 
 DEFAULT_DATA = "dataset/sft_r1_test.jsonl"  # the held-out test split of data/split_stf_r1_data.py
+GROUP_FIELDS = ("department", "subject", "category")  # an open-question record's group, when it has one
 
 
 @dataclass
@@ -21,7 +22,7 @@ class EvalItem:
     reference: str   # sft: the full SFT output; mcq: the gold letters
     options: dict = field(default_factory=dict)  # mcq: {"A": text, ...}
     multi: bool | None = None  # mcq: a multiple-answer question
-    group: str = ""  # mcq: exam class / subject, "" when the file has none
+    group: str = ""  # exam class / subject / department, "" when the file has none
 
 
 def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalItem]:
@@ -48,11 +49,30 @@ def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalIt
         if not isinstance(rec.get("input"), str) or not isinstance(rec.get("output"), str):
             raise UserError(f"{display_path(path)}: record {index}: needs string fields \"input\" and \"output\" "
                             f"(an SFT file such as {DEFAULT_DATA}; multiple choice needs --task mcq)")
+        group = next((str(rec[k]) for k in GROUP_FIELDS if rec.get(k)), "")
         items.append(EvalItem(str(rec.get("id", index)), rec["input"],
-                              build_user_text(rec["input"], rec.get("instruction", "")), rec["output"]))
+                              build_user_text(rec["input"], rec.get("instruction", "")), rec["output"], group=group))
         if num_samples and len(items) >= num_samples:
             break
     if not items:
         raise UserError(f"{display_path(path)}: no records to evaluate")
     print(f"[read] {display_path(path)}: {len(items)} questions", flush=True)
     return items
+
+
+def select_items(items: list[EvalItem], num_samples: int, seed: int, first: bool = False) -> tuple[list[EvalItem], str]:
+    """The questions to score: ``num_samples`` of them drawn with ``seed`` (stratified by group when the
+    file has groups; ``first``: the first N), and how they were drawn (r1_sft.evaluation.statistics)."""
+    from r1_sft.evaluation.statistics import draw_questions
+
+    chosen, drawn = draw_questions([item.group for item in items], num_samples, seed, first)
+    return [items[i] for i in chosen], drawn
+
+
+def data_record(data: str | Path, n: int, of: int, seed: int, drawn: str) -> dict:
+    """summary.json's "data": the file scored, the split its name declares ("" for another file), the
+    questions scored, of how many in the file, the seed of the draw and how they were drawn."""
+    from r1_sft.data.splits import split_of
+
+    return {"file": display_path(repo_path(data)), "split": split_of(data), "questions": n, "of": of, "seed": seed,
+            "drawn": drawn}

@@ -10,7 +10,9 @@ import io
 from pathlib import Path
 from typing import Sequence
 
+from r1_sft.data.splits import SPLIT_NOTES
 from r1_sft.evaluation.metrics import SCORE_KEYS
+from r1_sft.inference.decoding import describe
 from r1_sft.jsonl_io import atomic_open, atomic_write_text
 
 # Rows where lower is better; every other [0, 1] row is higher-is-better.
@@ -83,11 +85,41 @@ def render_groups(summary: dict) -> str:
     groups = sorted({g for m in models for g in (summary["models"][m].get("groups") or {})})
     if not groups:
         return ""
-    lines = ["| group | n | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 2)]
+    lines = ["| group | n | " + " | ".join(f"{m} (95% CI)" for m in models) + " |", "|" + "---|" * (len(models) + 2)]
     for g in groups:
         cells = [summary["models"][m].get("groups", {}).get(g, {}) for m in models]
         n = next((c["n"] for c in cells if c), 0)
-        lines.append(f"| {g} | {n} | " + " | ".join(_fmt(c.get("accuracy")) for c in cells) + " |")
+        lines.append(f"| {g} | {n} | " + " | ".join(_fmt(c.get("accuracy")) + _interval(c.get("ci95"))
+                                                     for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _interval(ci) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def render_stats(summary: dict) -> str:
+    """Headline metrics with their standard error and 95% interval over questions, and each tuned model
+    minus base as a paired difference with its interval, p-value and verdict; "" without stats."""
+    models = [m for m in summary["models"] if summary["models"][m].get("stats")]
+    if not models:
+        return ""
+    pairs = [p for p in ("tuned-base", "tuned2-base") if p in summary.get("paired", {})]
+    header = ["metric", *(f"{m}: value ± SE [95% CI]" for m in models),
+              *(f"{p.replace('-', ' − ')} [95% CI], p" for p in pairs)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metric in summary["models"][models[0]]["stats"]:
+        cells = [metric]
+        for m in models:
+            st = summary["models"][m]["stats"].get(metric)
+            se = f" ± {st['se']:.4f}" if st and st["se"] is not None else ""
+            cells.append(f"{st['value']:.4f}{se}{_interval(st['ci95'])}" if st else "-")
+        for p in pairs:
+            d = summary["paired"][p].get(metric)
+            cells.append(f"{d['diff']:+.4f}{_interval(d['ci95'])}, p = {d['p_value']:.3g}"
+                         f"{' (distinguishable from 0)' if d['distinguishable'] else ' (not distinguishable from 0)'}"
+                         if d else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -144,6 +176,44 @@ def write_chart(path: Path, summary: dict) -> None:
     plt.close(fig)
 
 
+STATS_NOTE = ("Each question's value is the mean over its samples; SE = sd over questions / sqrt(n), 95% CI = "
+              "t-interval. Differences are paired by question: 95% CI from a bootstrap over questions (10,000 "
+              "resamples, seeded), p from McNemar's exact test (accuracy, one sample) or a paired permutation test; "
+              "distinguishable = p < 0.05 and the interval excludes 0.")
+
+
+def data_phrase(data: dict) -> str:
+    """``10 of 24 questions, seed 42, random, stratified by group``."""
+    if "of" not in data:
+        return f"{data['questions']} questions"
+    return f"{data['questions']} of {data['of']} questions, seed {data['seed']}, {data['drawn']}"
+
+
+def describe_data(data: dict) -> str:
+    """One line naming the file and what its split means for the scores."""
+    label, note = SPLIT_NOTES.get(data["split"], ("not a split written by the data stages", ""))
+    return f"`{data['file']}` ({label}{': ' + note if note else ''})"
+
+
+def report_header(cfg, summary: dict) -> list[str]:
+    """report.md's lines above the table: data (N of M questions, how drawn), models, decoding, definitions."""
+    models = list(summary["models"])
+    sd = f"; `±` = standard deviation across the {cfg.n_samples} sample runs" if cfg.n_samples > 1 else ""
+    return [
+        f"- data: {describe_data(summary['data'])}; task {cfg.task}, {data_phrase(summary['data'])}",
+        f"- base: `{cfg.base_model}`" + (f"; tuned: `{cfg.adapter}`" if "tuned" in models else "")
+        + (f"; tuned2: `{cfg.adapter2}`" if "tuned2" in models else "") + (" (base model alone)" if len(models) == 1 else ""),
+        f"- decoding: {describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, cfg.n_samples)},"
+        f" backend {cfg.backend}; every score is a mean over all outputs{sd}",
+        "- outcome (sums to 1): `answered` = think block closed and an answer follows; `cut_off` = no answer, "
+        "generation hit max_new_tokens; `stopped_without_answer` = no answer, the model stopped by itself",
+        "- scores in [0, 1] over all outputs (no answer scores 0), and `over answered` over answered outputs only; "
+        "ROUGE F1 on jieba words without punctuation, BLEU-4 on characters (sacrebleu zh); `answer` = text after "
+        "`</think>`, `full` = reasoning + answer; mcq accuracy = exact set of letters",
+        "- lower is better: repetition, cut_off, stopped_without_answer; everything else higher is better",
+    ]
+
+
 def _clip(text: str, limit: int = 300) -> str:
     text = text.strip()
     return text if len(text) <= limit else text[:limit] + " ..."
@@ -153,6 +223,9 @@ def render_report(header: Sequence[str], summary: dict, predictions: Sequence[di
     """report.md: the header lines (data, models, decoding), the table, per-group accuracy, a few examples."""
     models = list(summary["models"])
     lines = [f"# Evaluation: {' vs '.join(models)}", "", *header, "", render_table(summary), ""]
+    stats = render_stats(summary)
+    if stats:
+        lines += ["## Uncertainty (the question is the unit)", "", STATS_NOTE, "", stats, ""]
     groups = render_groups(summary)
     if groups:
         lines += ["## Accuracy by exam class / subject", "", groups, ""]

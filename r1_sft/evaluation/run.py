@@ -6,11 +6,11 @@ single question, scripts/compare.py. Output folder ``OUTPUT_DIR/RUN_NAME/``:
   predictions.jsonl  one line per output (question x sample x model): model, sample, id, question,
                      reference, prediction, reasoning, answer, outcome, new_tokens, stopped_by_eos,
                      metrics (mcq: also choice, correct, multi, group)
-  summary.json       {"models": {NAME: {"answer", "full", "format", "repetition", "tokens_per_s", "n",
-                      "outcome", "over_answered", "n_samples", "spread"}}, "lengths": {NAME: mean lengths},
-                      "decoding": {...}, "data": {"file", "split", "questions"}}  (mcq: "accuracy", "accuracy_single", "accuracy_multi", "groups"
-                      instead of "answer"/"full"); "n" counts questions, every score is a mean over
-                      all n x n_samples outputs, "spread" the standard deviation across the sample runs;
+  summary.json       {"models": {NAME: {"answer", "full", "format", "repetition", "tokens_per_s", "n", "outcome",
+                      "over_answered", "n_samples", "spread", "stats"}}, "lengths": {NAME: mean lengths}, "paired",
+                      "decoding": {...}, "data": {"file", "split", "questions", "of", "seed", "drawn"}}  (mcq: "accuracy", "accuracy_single", "accuracy_multi", "groups"
+                      instead of "answer"/"full"); "n" counts questions, every score is a mean over all n x n_samples
+                      outputs, "spread" the SD across sample runs; "stats" / "paired": r1_sft/evaluation/statistics.py;
                       "split" is "test" / "val" / "train" as the file name declares it ("" otherwise)
   report.md / report.csv / scores.png   side-by-side table, per-group accuracy, example answers, chart
   run_info.json      resolved config, library versions, git commit
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Sequence
 
 from r1_sft.cli import UserError, path_field
-from r1_sft.data.splits import SPLIT_NOTES, split_of
+from r1_sft.answer_reader import normalize_gold
 from r1_sft.evaluation.metrics import (
     mcq_sample_metrics,
     mean_lengths,
@@ -47,8 +47,18 @@ from r1_sft.evaluation.metrics import (
     spread,
     summarize,
 )
-from r1_sft.evaluation.questions import DEFAULT_DATA, EvalItem, load_items
-from r1_sft.evaluation.report import render_report, render_table, write_chart, write_csv
+from r1_sft.evaluation.questions import DEFAULT_DATA, EvalItem, data_record, load_items, select_items
+from r1_sft.evaluation.report import (
+    data_phrase,
+    describe_data,
+    render_report,
+    render_stats,
+    render_table,
+    report_header,
+    write_chart,
+    write_csv,
+)
+from r1_sft.evaluation.statistics import group_stats, model_stats, paired_stats, per_question
 from r1_sft.inference.decoding import (
     DO_SAMPLE,
     MAX_NEW_TOKENS,
@@ -82,7 +92,8 @@ class EvalConfig(RunsOn):
     adapter2: str = path_field("")  # a second fine-tuned folder ("tuned2"), e.g. GRPO after the SFT adapter: base vs SFT vs GRPO in one report
     task: str = "sft"  # sft: open questions {"input","output"}; mcq: CMB-Exam / CMExam CSV / MedQA-MCMLE / {"question","options","answer"}
     data: str = DEFAULT_DATA  # evaluation file (JSONL; mcq also JSON array or CMExam CSV); default: the held-out test split
-    num_samples: int = 100  # first N questions of DATA; 0 = all
+    num_samples: int = 100  # N questions of DATA, a seeded random draw (stratified by subject/department when the file has one); 0 = all
+    first_questions: bool = False  # take the first N questions of DATA instead of the random draw
     n_samples: int = N_SAMPLES  # samples per question; every score is their mean (spread in the report)
     batch_size: int = 16  # prompts per generate call (greedy outputs batch-invariant in fp32 only)
     max_new_tokens: int = MAX_NEW_TOKENS  # generation limit per answer, in tokens; outputs cut here count as cut_off
@@ -223,12 +234,19 @@ def prediction_record(name: str, task: str, item: EvalItem, gen: Generation, met
     return rec
 
 
-def model_block(runs: list[list[dict]], n_questions: int, tokens_per_s: float | None) -> dict:
-    """summary.json's block for one model: means over every output of every run, spread across runs."""
+def model_block(runs: list[list[dict]], n_questions: int, tokens_per_s: float | None,
+                per_q: dict | None = None, groups: list[str] | None = None) -> dict:
+    """summary.json's block for one model: means over every output of every run, spread across runs, and
+    (given the per-question values) each headline metric's standard error and 95% interval over questions."""
     block = summarize([s for run in runs for s in run], tokens_per_s)
     block["n"] = n_questions
     block["n_samples"] = len(runs)
     block["spread"] = spread([summarize(run) for run in runs])
+    if per_q is not None:
+        block["stats"] = model_stats(per_q)
+    for group, extra in group_stats(runs, groups or []).items():
+        if group in block.get("groups", {}):
+            block["groups"][group].update(extra)  # "n" becomes the group's questions (the unit)
     return block
 
 
@@ -266,36 +284,6 @@ def decoding_record(cfg: EvalConfig) -> dict:
     sampling = Decoding(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed).generate_kwargs()
     return {**sampling, "seed": cfg.seed, "n_samples": cfg.n_samples, "max_new_tokens": cfg.max_new_tokens,
             "backend": cfg.backend, "batch_size": cfg.batch_size}
-
-
-def data_record(cfg: EvalConfig, n: int) -> dict:
-    """summary.json's "data": the file scored, the split its name declares ("" for another file), questions."""
-    return {"file": display_path(repo_path(cfg.data)), "split": split_of(cfg.data), "questions": n}
-
-
-def describe_data(data: dict) -> str:
-    """One line naming the file and what its split means for the scores."""
-    label, note = SPLIT_NOTES.get(data["split"], ("not a split written by the data stages", ""))
-    return f"`{data['file']}` ({label}{': ' + note if note else ''})"
-
-
-def report_header(cfg: EvalConfig, summary: dict) -> list[str]:
-    models = list(summary["models"])
-    n = summary["models"][models[0]]["n"]
-    sd = f"; `±` = standard deviation across the {cfg.n_samples} sample runs" if cfg.n_samples > 1 else ""
-    return [
-        f"- data: {describe_data(summary['data'])}; task {cfg.task}, {n} questions",
-        f"- base: `{cfg.base_model}`" + (f"; tuned: `{cfg.adapter}`" if "tuned" in models else "")
-        + (f"; tuned2: `{cfg.adapter2}`" if "tuned2" in models else "") + (" (base model alone)" if len(models) == 1 else ""),
-        f"- decoding: {describe(cfg.do_sample, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, cfg.n_samples)},"
-        f" backend {cfg.backend}; every score is a mean over all outputs{sd}",
-        "- outcome (sums to 1): `answered` = think block closed and an answer follows; `cut_off` = no answer, "
-        "generation hit max_new_tokens; `stopped_without_answer` = no answer, the model stopped by itself",
-        "- scores in [0, 1] over all outputs (no answer scores 0), and `over answered` over answered outputs only; "
-        "ROUGE F1 on jieba words without punctuation, BLEU-4 on characters (sacrebleu zh); `answer` = text after "
-        "`</think>`, `full` = reasoning + answer; mcq accuracy = exact set of letters",
-        "- lower is better: repetition, cut_off, stopped_without_answer; everything else higher is better",
-    ]
 
 
 # ---- the whole run ---------------------------------------------------------------------------
@@ -353,7 +341,10 @@ def run_evaluation(cfg: EvalConfig) -> Path | None:
 
 
 def _evaluate(cfg: EvalConfig, rank: int) -> Path | None:
-    items = load_items(cfg.data, cfg.task, cfg.num_samples)
+    every = load_items(cfg.data, cfg.task)
+    items, drawn = select_items(every, cfg.num_samples, cfg.seed, cfg.first_questions)
+    data = data_record(cfg.data, len(items), len(every), cfg.seed, drawn)
+    print(f"[questions] scoring {data_phrase(data)}", flush=True)
     model_paths = choose_models(cfg.base_model, cfg.adapter, _config_default(cfg, "adapter") or DEFAULT_ADAPTER,
                                 cfg.adapter2)
     plans = None
@@ -372,15 +363,19 @@ def _evaluate(cfg: EvalConfig, rank: int) -> Path | None:
                              precision=cfg.precision, device=cfg.device)
     if rank > 0:
         return None
-    predictions, summary = [], {"models": {}, "lengths": {}, "decoding": decoding_record(cfg),
-                                "data": data_record(cfg, len(items))}
+    predictions, summary = [], {"models": {}, "lengths": {}, "decoding": decoding_record(cfg), "data": data}
+    values = {}
     for name, (runs, stats) in generated.items():
         scored = [[score_sample(cfg.task, item, gen) for item, gen in zip(items, run)] for run in runs]
         for j, (run, samples) in enumerate(zip(runs, scored)):
             predictions += [prediction_record(name, cfg.task, item, gen, m, j)
                             for item, gen, m in zip(items, run, samples)]
-        summary["models"][name] = model_block(scored, len(items), round(stats.tokens_per_s, 2))
+        gold = [normalize_gold(item.reference) for item in items] if cfg.task == "mcq" else None
+        values[name] = per_question(scored, gold)
+        summary["models"][name] = model_block(scored, len(items), round(stats.tokens_per_s, 2), values[name],
+                                              [item.group for item in items])
         summary["lengths"][name] = mean_lengths([s for run in scored for s in run])
+    summary["paired"] = paired_stats(values, cfg.seed, cfg.n_samples)
 
     run_name = cfg.run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = repo_path(cfg.output_dir) / run_name
@@ -394,6 +389,8 @@ def _evaluate(cfg: EvalConfig, rank: int) -> Path | None:
     print()
     print(f"[data] {describe_data(summary['data'])}")
     print(render_table(summary))
+    print()
+    print(render_stats(summary))
     print()
     print(f"[write] {display_path(out_dir)}/: predictions.jsonl ({len(predictions)} lines), summary.json, "
           f"report.md, report.csv, scores.png, run_info.json")

@@ -7,10 +7,11 @@ Pure functions and small classes (no model, no web framework), used by ``serving
   reasoning, exactly one BOS, the prompt ends in ``<think>\\n``. R1 takes no system prompt, so system
   (and ``developer``) messages are folded into the first user turn, in front of the question, as the
   data stage does with instructions (``build_user_text``).
-* ``completion_body`` answers with ``message.reasoning_content`` (the think block) apart from
+* ``completion_body`` answers with ``message.reasoning_content`` and ``message.reasoning`` (the think
+  block, the same text under DeepSeek's name and vLLM 0.11+'s) apart from
   ``message.content`` (the answer), ``finish_reason`` ``stop``/``length``, and usage with
   ``completion_tokens_details.reasoning_tokens``; ``delta`` turns a streamed part (generation's
-  ``ReplyParts``: reasoning first, then answer) into a ``reasoning_content`` or ``content`` delta.
+  ``ReplyParts``: reasoning first, then answer) into a ``reasoning_content`` + ``reasoning`` or ``content`` delta.
 * Errors are ``ApiError``: an HTTP status and OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
 """
 from __future__ import annotations
@@ -205,7 +206,9 @@ def completion_body(completion_id: str, created: int, model_name: str, prompt_to
                     completion: Completion) -> dict:
     """The non-streamed response: reasoning and answer apart, as DeepSeek's reasoner returns them."""
     parsed = parse_output(completion.text)
-    message = {"role": "assistant", "content": parsed.answer, "reasoning_content": parsed.reasoning}
+    # vLLM 0.11+ names the field "reasoning"; DeepSeek's API and older clients read "reasoning_content"
+    message = {"role": "assistant", "content": parsed.answer, "reasoning": parsed.reasoning,
+               "reasoning_content": parsed.reasoning}
     return {"id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
             "choices": [{"index": 0, "message": message, "logprobs": None,
                          "finish_reason": completion.finish_reason}],
@@ -213,8 +216,9 @@ def completion_body(completion_id: str, created: int, model_name: str, prompt_to
 
 
 def delta(kind: str, text: str) -> dict:
-    """A streamed part (``"reasoning"`` or ``"answer"``) as DeepSeek's reasoner streams it."""
-    return {"reasoning_content" if kind == "reasoning" else "content": text}
+    """A streamed part (``"reasoning"`` or ``"answer"``) as DeepSeek's reasoner streams it; reasoning under
+    both names (``reasoning``: vLLM 0.11+, ``reasoning_content``: DeepSeek), the same text."""
+    return {"reasoning": text, "reasoning_content": text} if kind == "reasoning" else {"content": text}
 
 
 def sse(data: dict | str) -> str:

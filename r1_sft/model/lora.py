@@ -32,8 +32,10 @@ def setup_lora_model(cfg, plan):
     model, tokenizer = load_model(plan, base_only=True, shard_4bit=bool(getattr(cfg, "fsdp_config", "")))
     model.requires_grad_(False)
     if cfg.gradient_checkpointing:
+        # transformers also hooks the frozen embeddings to output tensors that require grad (checkpointed
+        # blocks need a grad path); peft adds the same hook again to a 16-bit base: one is kept below.
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
+    input_grad_hooks = list(getattr(model, "_require_grads_hooks", []))
     if folder.adapter_path is not None:
         print(f"[lora] continuing adapter {display_path(folder.adapter_path)} on its base "
               f"{display_path(folder.base_path)} (its rank and target modules; the --lora_* settings are ignored)",
@@ -43,6 +45,10 @@ def setup_lora_model(cfg, plan):
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
                           target_modules=target_modules(cfg.lora_target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
+    base = model.get_base_model()
+    if getattr(base, "_require_grads_hooks", input_grad_hooks) != input_grad_hooks:  # peft hooked the embeddings too
+        for hook in input_grad_hooks:
+            hook.remove()
     # adapter_config.json names its base (a full-weights folder), absolute while training: peft looks the
     # name up from the current folder when it saves. best_model/ and final_model/ get the repo-relative
     # form (r1_sft.training.outputs.portable_adapter_config), which keeps them portable.

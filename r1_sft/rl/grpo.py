@@ -197,6 +197,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
     from r1_sft.run_info import save_run_info
     from r1_sft.training.callbacks import (
         LogHistoryCallback,
+        NonFiniteGuardCallback,
         end_reason,
         quiet_dataset_bars,
         use_progress_output,
@@ -207,6 +208,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
         copy_adapter,
         portable_adapter_config,
     )
+    from r1_sft.training.trainer import last_finite_checkpoint
 
     plan = check_grpo_settings(cfg)  # values, the plan, paths, vLLM, trackers, LoRA names: nothing loaded yet
     train_records = load_questions(cfg.train_file, "train_file")
@@ -273,9 +275,10 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
         model.print_trainable_parameters()
         save_run_info(cfg, logs_dir / "run_info.json", plan)
     score_completions_only_on_cpu()
+    guard = NonFiniteGuardCallback(output_dir)  # NaN/inf weights: never checkpointed; 3 steps in a row stop the run
     trainer = r1_grpo_trainer_class()(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=train,
                                       eval_dataset=val, processing_class=tokenizer,
-                                      callbacks=[LogHistoryCallback(logs_dir / "log_history.jsonl")])
+                                      callbacks=[LogHistoryCallback(logs_dir / "log_history.jsonl"), guard])
     use_progress_output(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
@@ -291,11 +294,17 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
         shutil.rmtree(best_dir / "ref", ignore_errors=True)  # TRL's frozen reference copy (beta > 0): not ours
         tokenizer.save_pretrained(str(best_dir))
         (best_dir / "training_args.bin").unlink(missing_ok=True)
-        copy_adapter(output_dir / f"checkpoint-{state.global_step}", final_dir, tokenizer)
+        if guard.last_finite:
+            copy_adapter(output_dir / f"checkpoint-{state.global_step}", final_dir, tokenizer)
+        else:
+            print(f"[guard] {final_dir.name}/ not written: the adapter after step {state.global_step} has NaN/inf "
+                  f"weights; {last_finite_checkpoint(output_dir)}", flush=True)
         write_jsonl(logs_dir / "log_history.jsonl", state.log_history)
         plotted = plot_reward_curve(state.log_history, logs_dir / "reward_curve.png")
         write_training_report(logs_dir, state.log_history, "GRPO")  # training_logs/report.html
         for folder in (best_dir, final_dir):
+            if not folder.is_dir():
+                continue
             portable_adapter_config(folder)
             save_run_info(cfg, folder / "run_info.json", plan)
         print(f"[grpo] {end_reason(args, state, None)}", flush=True)

@@ -6,6 +6,7 @@
   and one per evaluation with the best eval loss so far. ``datasets.map`` bars follow the same rule.
 * ``OUTPUT_DIR/training_logs/log_history.jsonl`` equals the Trainer's log history at every log.
 * ``loss_curve.png``: markers on short series, so a run of one logged step still shows its point.
+* :class:`NonFiniteGuardCallback`: the non-finite guard for GRPO (SFT and distillation: ``SFTTrainer``).
 * :func:`end_summary`: why training ended (max steps, epochs, early stopping after N evaluations
   without a better eval loss) and where the best and last adapters went.
 """
@@ -181,6 +182,52 @@ class LogHistoryCallback(TrainerCallback):
         if state.is_world_process_zero:
             write_jsonl(self.path, state.log_history)
         return control
+
+
+class NonFiniteGuardCallback(TrainerCallback):
+    """The non-finite guard for a trainer the project does not subclass (GRPO: TRL's GRPOTrainer).
+
+    Judged once per optimizer step (``on_step_end``, before the Trainer decides to save or evaluate):
+    the trainable weights after the step. NaN/inf weights are never checkpointed or scored;
+    ``NONFINITE_STEPS`` such steps in a row stop the run with one line. An fp16 step the loss scaler
+    skipped leaves the weights finite, so it is no harm, whichever call sees it. ``last_finite`` tells the
+    caller whether the weights in memory at the end may become final_model/.
+    """
+
+    def __init__(self, output_dir: Path):
+        self.output_dir, self.streak, self.last_finite = Path(output_dir), 0, True
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        from r1_sft.training.trainer import (
+            NONFINITE_STEPS,
+            NonFiniteLossError,
+            last_finite_checkpoint,
+            trainable_weights_finite,
+        )
+
+        bad = not trainable_weights_finite(model)
+        if torch_distributed_ready():
+            import torch
+
+            flag = torch.tensor(float(bad), device=next(model.parameters()).device)
+            torch.distributed.all_reduce(flag)
+            bad = bool(flag > 0)
+        self.last_finite = not bad
+        self.streak = self.streak + 1 if bad else 0
+        if bad:
+            control.should_save = control.should_evaluate = False
+            if self.streak >= NONFINITE_STEPS:
+                raise NonFiniteLossError(f"training stopped at step {state.global_step}: the adapter's weights were "
+                                         f"NaN/inf after {NONFINITE_STEPS} steps in a row; "
+                                         f"{last_finite_checkpoint(self.output_dir)}. Try --precision fp32 (or bf16 "
+                                         f"on a GPU that has it) or a lower --learning_rate (now {args.learning_rate:g})")
+        return control
+
+
+def torch_distributed_ready() -> bool:
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 # ----------------------------------------------------------------------------- the loss curve

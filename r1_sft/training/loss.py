@@ -97,16 +97,21 @@ class _FusedHeadLoss(torch.autograd.Function):
 
     Inputs: the trained positions' hidden states ``[tokens, hidden]`` and the head's trainable
     parameters (so autograd routes their gradients); ``spec`` holds everything else. Outputs: the
-    weighted loss (differentiable), the CE and KL sums (not). The weight of each term and the
-    denominator are known in the forward pass, so the stored gradients are those of the final loss;
-    backward multiplies them by the incoming gradient (a loss scale under fp16).
+    weighted loss (differentiable), the CE and KL sums (not).
+
+    fp16: the stored gradients are those of the *summed* loss ``(1-λ)·CE_sum + λ·T²·KL_sum``, in fp32,
+    not of the final loss: ``(p - y)/N`` for the non-target vocabulary underflows in fp16 once the
+    denominator N (trained tokens over the accumulated, multi-process batch) reaches thousands. Backward
+    applies ``1/N`` and the incoming gradient (the GradScaler's or DeepSpeed's loss scale, 65,536 at the
+    start) in fp32 and casts once, at the end: the scale itself never passes through fp16 (max 65,504).
     """
 
     @staticmethod
     def forward(ctx, hidden, spec, *params):
         ce_weight, kl_weight = spec["ce_weight"], spec["kl_weight"]
         want = [hidden] + [p for p in params]
-        grads = [torch.zeros_like(hidden)] + [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        grads = [torch.zeros_like(hidden, dtype=torch.float32)] + \
+            [torch.zeros_like(p, dtype=torch.float32) for p in params]
         ce_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         kl_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         chunk = spec["chunk_tokens"]
@@ -117,9 +122,9 @@ class _FusedHeadLoss(torch.autograd.Function):
             with torch.enable_grad():
                 ce, kl = _chunk_terms(x, teacher, spec["targets"][part], spec["head"], spec["teacher_head"],
                                       spec["kl_vocab"], spec["temperature"])
-                local = ce * ce_weight + (kl * kl_weight if kl is not None else 0.0)
+                local = ce * ce_weight + (kl * kl_weight if kl is not None else 0.0)  # O(1) weights, no 1/N
                 chunk_grads = torch.autograd.grad(local, [x] + want[1:], allow_unused=True)
-            grads[0][part] = chunk_grads[0]
+            grads[0][part] = chunk_grads[0].float()
             for total, g in zip(grads[1:], chunk_grads[1:]):
                 if g is not None:
                     total += g.float()
@@ -127,16 +132,19 @@ class _FusedHeadLoss(torch.autograd.Function):
             if kl is not None:
                 kl_sum += kl.detach()
         ctx.save_for_backward(*grads)
+        ctx.hidden_dtype = hidden.dtype
         ctx.param_dtypes = [p.dtype for p in params]
+        ctx.inv_denominator = 1.0 / spec["denominator"]
         ctx.mark_non_differentiable(ce_sum, kl_sum)
-        loss = ce_sum * ce_weight + kl_sum * kl_weight
+        loss = (ce_sum * ce_weight + kl_sum * kl_weight) * ctx.inv_denominator
         return loss, ce_sum, kl_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_kl):
         hidden_grad, *param_grads = ctx.saved_tensors
-        scaled = [(g * grad_loss).to(dtype) for g, dtype in zip(param_grads, ctx.param_dtypes)]
-        return (hidden_grad * grad_loss.to(hidden_grad.dtype), None, *scaled)
+        factor = grad_loss.float() * ctx.inv_denominator  # loss scale / N, in fp32
+        scaled = [(g * factor).to(dtype) for g, dtype in zip(param_grads, ctx.param_dtypes)]
+        return ((hidden_grad * factor).to(ctx.hidden_dtype), None, *scaled)
 
 
 def chunked_loss(student_hidden: torch.Tensor, student_head, labels: torch.Tensor, *,
@@ -171,10 +179,11 @@ def chunked_loss(student_hidden: torch.Tensor, student_head, labels: torch.Tenso
     use_kl = teacher_hidden is not None and lambda_kl != 0
     spec = dict(targets=targets[trained], teacher_sel=teacher_sel, head=student_head, teacher_head=teacher_head,
                 kl_vocab=kl_vocab, temperature=temperature, chunk_tokens=chunk_tokens,
-                ce_weight=(1.0 - lambda_kl) / denominator,
-                kl_weight=lambda_kl * temperature ** 2 / denominator if use_kl else 0.0)
-    if torch.is_grad_enabled() and student_sel.requires_grad:
-        params = [p for p in student_head.parameters() if p.requires_grad]
+                denominator=denominator, ce_weight=1.0 - lambda_kl,
+                kl_weight=lambda_kl * temperature ** 2 if use_kl else 0.0)
+    params = [p for p in student_head.parameters() if p.requires_grad]
+    # LoRA on lm_head alone without gradient checkpointing: the hidden states need no gradient, the head does.
+    if torch.is_grad_enabled() and (student_sel.requires_grad or params):
         loss, ce_sum, kl_sum = _FusedHeadLoss.apply(student_sel, spec, *params)
     else:
         with torch.no_grad():
@@ -187,7 +196,7 @@ def chunked_loss(student_hidden: torch.Tensor, student_head, labels: torch.Tenso
                 ce_sum += ce
                 if kl is not None:
                     kl_sum += kl
-            loss = ce_sum * spec["ce_weight"] + kl_sum * spec["kl_weight"]
+            loss = (ce_sum * spec["ce_weight"] + kl_sum * spec["kl_weight"]) / denominator
     if tokens == 0:  # keep the graph connected so DDP and backward see every parameter
         loss = loss + student_hidden.sum() * 0.0
     return LossParts(loss, ce_sum.detach(), kl_sum.detach() if teacher_hidden is not None else None, tokens)
@@ -219,6 +228,11 @@ def final_hidden_states(model, head_model, inputs: dict) -> torch.Tensor:
     ``last_hidden_state`` as it leaves the decoder (in the forward's own dtype, before accelerate's
     fp32 conversion of the outputs).
     """
+    return _forward(model, head_model, inputs)[0]
+
+
+def _forward(model, head_model, inputs: dict):
+    """(final hidden states, the model's output with its one position of logits)."""
     kept = {}
 
     def keep(_module, _args, output):
@@ -226,10 +240,10 @@ def final_hidden_states(model, head_model, inputs: dict) -> torch.Tensor:
 
     handle = head_model.get_decoder().register_forward_hook(keep)
     try:
-        model(**model_inputs(inputs), logits_to_keep=1)
+        output = model(**model_inputs(inputs), logits_to_keep=1)
     finally:
         handle.remove()
-    return kept["hidden"]
+    return kept["hidden"], output
 
 
 def model_loss(model, inputs: dict, *, teacher=None, lambda_kl: float = 0.0, temperature: float = 1.0,
@@ -242,10 +256,54 @@ def model_loss(model, inputs: dict, *, teacher=None, lambda_kl: float = 0.0, tem
     lm_head is used (default ``model``). Pass ``teacher=None`` to skip the teacher (CE only).
     """
     head_model = head_model if head_model is not None else model
-    student_hidden = final_hidden_states(model, head_model, inputs)
+    student_hidden, output = _forward(model, head_model, inputs)
     teacher_hidden = teacher_hidden_states(teacher, inputs) if teacher is not None else None
-    return chunked_loss(
-        student_hidden, head_model.get_output_embeddings(), inputs["labels"],
-        teacher_hidden=teacher_hidden, teacher_head=teacher.get_output_embeddings() if teacher is not None else None,
-        lambda_kl=lambda_kl if teacher is not None else 0.0, temperature=temperature, kl_vocab=kl_vocab,
-        chunk_tokens=chunk_tokens, num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
+    head = head_model.get_output_embeddings()
+    with unsharded_head(model, head_model) as sharded:
+        parts = chunked_loss(
+            student_hidden, head, inputs["labels"],
+            teacher_hidden=teacher_hidden, teacher_head=teacher.get_output_embeddings() if teacher is not None else None,
+            lambda_kl=lambda_kl if teacher is not None else 0.0, temperature=temperature, kl_vocab=kl_vocab,
+            chunk_tokens=chunk_tokens, num_items_in_batch=num_items_in_batch, shift_labels=inputs.get("shift_labels"))
+        if sharded and parts.loss.requires_grad:
+            # the forward's one position of logits joins the graph (x 0): FSDP2's pre-backward hooks on the
+            # forward's outputs then fire as with the stock loss, unsharding what the backward reads
+            parts.loss = parts.loss + output.logits.float().sum() * 0.0
+        return parts
+
+
+@contextlib.contextmanager
+def unsharded_head(model, head_model):
+    """Under FSDP2, the whole weights of lm_head and the final norm for the loss; yields whether sharded.
+
+    The head runs outside the model's forward, after FSDP2 resharded its group (reading a shard
+    crashed the process in backward). The groups that own lm_head and the final norm are unsharded
+    here (``FSDPModule.unshard()``): the module's parameters are then the full tensors, and
+    :class:`_FusedHeadLoss` takes those as inputs, so its backward accumulates their gradients.
+    The caller adds the forward's one position of logits to the loss (x 0) so that FSDP2's own
+    pre-backward hooks fire as with the stock loss; its end-of-backward callback runs the post-backward
+    of every group whose hooks did not, which reduce-scatters those gradients and reshards (torch 2.13,
+    ``_root_post_backward_final_callback``). Without grad (evaluation) it reshards at once.
+    Measured on 2 CPU processes: eval_loss equal to one process's (tests/training/test_fsdp.py).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2
+        yield False
+        return
+    fsdp = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    needed = [head_model.get_output_embeddings(), getattr(head_model.get_decoder(), "norm", None)]
+    owners = []
+    for module in needed:
+        # the innermost group holding the module: modules() lists a parent before its children
+        holding = [m for m in fsdp if module is not None and any(sub is module for sub in m.modules())]
+        if holding and holding[-1] not in owners:
+            owners.append(holding[-1])
+    for owner in owners:
+        owner.unshard()
+    try:
+        yield bool(owners)
+    finally:
+        if not torch.is_grad_enabled():
+            for owner in owners:
+                owner.reshard()

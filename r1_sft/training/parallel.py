@@ -6,11 +6,13 @@
   sharded per decoder layer. With ``--use_4bit`` the NF4 weights are stored in the compute dtype
   (``bnb_4bit_quant_storage``) so that FSDP can shard them (FSDP-QLoRA). Checkpoints and the
   adapters are saved as a full state dict of the adapter by rank 0, so they load as before. The
-  loss is the stock one (``--loss_chunk_tokens 0``) or Liger's: the chunked loss calls lm_head
-  outside the model's forward, on FSDP's shard (it crashed in backward on the CPU).
+  default chunked loss runs too: it unshards lm_head's and the final norm's groups around its chunk
+  loop (``r1_sft.training.loss.unsharded_head``); no full-vocabulary logits.
 * **DeepSpeed** (``--deepspeed configs/deepspeed_zero2.json``; ``pip install -r
   requirements-deepspeed.txt``): ZeRO-1 shards AdamW states, ZeRO-2 also gradients, ZeRO-3 also
-  the weights. ZeRO-2 works with QLoRA; ZeRO-3 with ``--use_4bit`` is refused (:func:`check_deepspeed`).
+  the weights. ZeRO-2 works with QLoRA; ZeRO-3 with ``--use_4bit`` is refused (:func:`check_deepspeed`),
+  and so is ZeRO-3 with the chunked loss: its lm_head runs outside the forward on partitioned weights,
+  and gathering them (``deepspeed.zero.GatheredParameters``) could not be tested without DeepSpeed.
 
 Each mistake is one line before any model loads. Where a check cannot be made on this machine (a
 GPU-only engine), the refusal says so rather than letting the Trainer fall back silently.
@@ -95,9 +97,6 @@ def check_fsdp(cfg: TrainConfig, device: str) -> None:
     if state_dict != "FULL_STATE_DICT":
         raise UserError(f"--fsdp_config {shown}: \"state_dict_type\": {state_dict!r} writes no adapter file into "
                         f"checkpoints, best_model/ or final_model/; use \"FULL_STATE_DICT\" (the adapter is small)")
-    if cfg.loss_chunk_tokens > 0 and not cfg.use_liger_kernel:
-        raise UserError(f"--fsdp_config {shown}: the chunked loss runs lm_head outside the model's forward, where "
-                        f"FSDP has sharded it; pass --loss_chunk_tokens 0 (the stock loss) or --use_liger_kernel")
     _needs_gpu("fsdp_config", shown, cfg, "accelerate 1.15 runs FSDP only on GPUs (on a CPU the Trainer "
                "silently trains plain DDP instead)", device)
     if world_size() < 2 and not cfg.dry_run:
@@ -167,5 +166,9 @@ def check_engine(cfg: TrainConfig, device: str, precision) -> None:
         raise UserError("--fsdp_config and --deepspeed: choose one engine (FSDP2 or DeepSpeed ZeRO)")
     if cfg.fsdp_config:
         check_fsdp(cfg, device)
+    if cfg.deepspeed and deepspeed_stage(cfg) == 3 and cfg.loss_chunk_tokens > 0 and not cfg.use_liger_kernel:
+        raise UserError(f"--deepspeed {display_path(repo_path(cfg.deepspeed))}: ZeRO-3 partitions lm_head, which the "
+                        f"chunked loss runs outside the model's forward (untested with DeepSpeed); pass "
+                        f"--loss_chunk_tokens 0 (the stock loss), or use ZeRO-2 or --fsdp_config configs/fsdp2_lora.json")
     if cfg.deepspeed:
         check_deepspeed(cfg, device, precision)

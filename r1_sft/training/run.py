@@ -273,17 +273,22 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
     state = trainer.state
     if not trainer.final_saved:  # no best model was loaded (no evaluation ran): memory holds the last step
         trainer.save_final_adapter()
-    # load_best_model_at_end has put the best adapter in memory (every rank saves: sharded engines gather).
-    trainer.save_model(str(best_dir))
+    # load_best_model_at_end has put the best adapter in memory (every rank saves: sharded engines gather);
+    # without an evaluation memory holds the last step, never saved when it is NaN/inf (the guard said so).
+    best_finite = not trainer.final_skipped or state.best_model_checkpoint is not None
+    if best_finite:
+        trainer.save_model(str(best_dir))
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(best_dir))
-        (best_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
+        if best_finite:
+            tokenizer.save_pretrained(str(best_dir))
+            (best_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
         write_jsonl(logs_dir / "log_history.jsonl", state.log_history)
         plotted = plot_loss_curve(state.log_history, logs_dir / "loss_curve.png")
         write_training_report(logs_dir, state.log_history)  # training_logs/report.html: loss, lr, grad norm
         for folder in (best_dir, final_dir):
-            portable_adapter_config(folder)
-            save_run_info(cfg, folder / "run_info.json", plan)
+            if folder.is_dir():
+                portable_adapter_config(folder)
+                save_run_info(cfg, folder / "run_info.json", plan)
         for line in end_summary(args, state, early_stopping, best_dir, final_dir, schedule.eval_steps):
             print(line, flush=True)
         print(f"[write] {display_path(best_dir)} (best adapter), {display_path(final_dir)} (last adapter), "

@@ -74,6 +74,8 @@ class SFTTrainer(Trainer):
         self._has_kl = {"train": False, "eval": False}
         self._nonfinite_now = False  # a micro-batch of the current optimizer step had a NaN/inf loss
         self._nonfinite_steps = 0  # optimizer steps in a row that were not finite
+        self._guarded = (-1, False)  # (optimizer step the guard last judged, whether it was bad)
+        self.final_skipped = False  # final_model/ was not written: the weights in memory were NaN/inf
 
     @property
     def uses_stock_loss(self) -> bool:
@@ -122,20 +124,28 @@ class SFTTrainer(Trainer):
         return loss
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
-        """Called once per optimizer step: the non-finite guard, then the Trainer's log/evaluate/save."""
-        bad_norm = (grad_norm is not None and not math.isfinite(float(grad_norm))
-                    and not self.accelerator.optimizer_step_was_skipped)  # an fp16 scaler skip is no harm
-        bad = self._on_any_process(self._nonfinite_now or bad_norm)
-        self._nonfinite_now = False
+        """Called once per optimizer step, and again at an epoch's end for the same step (transformers 5.23):
+        the non-finite guard judges each step once, then the Trainer's log/evaluate/save."""
+        step = self.state.global_step
+        if self._guarded[0] == step:  # the epoch-end call: same verdict, not counted again
+            bad = self._guarded[1]
+        else:
+            bad_norm = (grad_norm is not None and not math.isfinite(float(grad_norm))
+                        and not self.accelerator.optimizer_step_was_skipped)  # an fp16 scaler skip is no harm
+            bad = self._on_any_process(self._nonfinite_now or bad_norm)
+            self._nonfinite_now = False
+            self._guarded = (step, bad)
+            self._nonfinite_steps = self._nonfinite_steps + 1 if bad else 0
         if bad:
-            self._nonfinite_steps += 1
             # Weights after a non-finite step may be spoiled: never checkpoint or score them.
             self.control.should_save = self.control.should_evaluate = False
             if self._nonfinite_steps >= NONFINITE_STEPS:
                 raise NonFiniteLossError(self._nonfinite_message())
-        else:
-            self._nonfinite_steps = 0
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def weights_finite(self) -> bool:
+        """Whether every trainable weight in memory is finite, on every process (collective: all ranks call)."""
+        return not self._on_any_process(not trainable_weights_finite(self.model))
 
     def _on_any_process(self, flag: bool) -> bool:
         if self.accelerator.num_processes == 1:
@@ -177,6 +187,13 @@ class SFTTrainer(Trainer):
         Written to a temporary folder first and renamed by the main process: a killed run never
         leaves a half-written final_model/.
         """
+        self.final_saved = True
+        if not self.weights_finite():  # one or two NaN steps at the very end (three stop the run)
+            self.final_skipped = True
+            if self.is_world_process_zero():
+                print(f"[guard] {self.final_dir.name}/ not written: the adapter after step {self.state.global_step} "
+                      f"has NaN/inf weights; {last_finite_checkpoint(Path(self.args.output_dir))}", flush=True)
+            return
         tmp = self.final_dir.with_name(f".{self.final_dir.name}.tmp")
         if self.is_world_process_zero():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -185,7 +202,6 @@ class SFTTrainer(Trainer):
             (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
             shutil.rmtree(self.final_dir, ignore_errors=True)
             os.replace(tmp, self.final_dir)
-        self.final_saved = True
 
     def _load_best_model(self) -> None:
         # transformers 5.23 ends training with: load the best checkpoint into memory, then (with
@@ -203,6 +219,23 @@ class SFTTrainer(Trainer):
             # state.epoch is a float that reaches exactly k.0 at the end of epoch k-1 (and on resume).
             sampler = EpochSeededSampler(sampler, seed, lambda: int(math.floor((self.state.epoch or 0) + 1e-6)))
         return sampler
+
+
+def trainable_weights_finite(model) -> bool:
+    """This process's trainable weights (its shards under FSDP2) are all finite."""
+    for p in model.parameters():
+        if p.requires_grad:
+            local = p.to_local() if hasattr(p, "to_local") else p
+            if not bool(torch.isfinite(local).all()):
+                return False
+    return True
+
+
+def last_finite_checkpoint(output_dir: Path) -> str:
+    """Where the last finite adapter is, in words (checkpoints are saved only after finite steps)."""
+    saved = complete_checkpoints(output_dir)
+    return (f"the last finite adapter is {display_path(saved[-1])}" if saved
+            else "no checkpoint was saved before it")
 
 
 def mask_repeated_examples(inputs: dict, accelerator) -> dict:

@@ -30,7 +30,7 @@ from r1_sft.evaluation.run import (  # noqa: E402
 class Config(EvalConfig):
     base_model: str = DEFAULT_BASE  # base model folder ("base")
     adapter: str = DEFAULT_ADAPTER  # fine-tuned adapter or merged folder ("tuned"); "" = base only
-    num_samples: int = 20  # first N questions of DATA; 0 = all
+    num_samples: int = 20  # N questions of DATA, a seeded random draw (stratified by subject/department when the file has one); 0 = all
 
 
 @cli_main

@@ -80,8 +80,10 @@ def test_every_output_file_is_written_and_parseable(eval_run):
     preds = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(p["model"], p["sample"]) for p in preds] == \
         [("base", 0)] * 4 + [("base", 1)] * 4 + [("tuned", 0)] * 4 + [("tuned", 1)] * 4
-    first_questions = [json.loads(line)["input"] for line in SFT_VAL.read_text(encoding="utf-8").splitlines()[:4]]
-    assert [p["question"] for p in preds[:4]] == first_questions  # the caller's order, not the length order
+    # 4 of the file's 10 questions, a seeded random draw, in the file's order (not the length order)
+    file_questions = [json.loads(line)["input"] for line in SFT_VAL.read_text(encoding="utf-8").splitlines()]
+    asked = [p["question"] for p in preds[:4]]
+    assert len(set(asked)) == 4 and asked == sorted(asked, key=file_questions.index)
     for p in preds:
         assert {"model", "id", "question", "reference", "prediction", "reasoning", "answer", "metrics",
                 "outcome", "new_tokens", "stopped_by_eos"} <= set(p)
@@ -102,12 +104,26 @@ def test_every_output_file_is_written_and_parseable(eval_run):
                                    "n_samples": 2, "max_new_tokens": 24, "backend": "hf", "batch_size": 4}
 
     # The file scored and what its split means: this fixture is named as a validation split.
-    assert summary["data"] == {"file": "tests/fixtures/eval_sft_val.jsonl", "split": "val", "questions": 4}
+    assert summary["data"] == {"file": "tests/fixtures/eval_sft_val.jsonl", "split": "val", "questions": 4, "of": 10,
+                               "seed": 42, "drawn": "random"}
+    # every headline metric with its uncertainty over the 4 questions, and tuned minus base paired by question
+    for block in summary["models"].values():
+        assert {"rougeL", "bleu4", "think_closed", "answered", "eos"} <= set(block["stats"])
+        for st in block["stats"].values():
+            assert set(st) == {"value", "se", "ci95", "n"} and st["n"] == 4
+            assert st["ci95"][0] <= st["value"] <= st["ci95"][1]
+    assert list(summary["paired"]) == ["tuned-base"]
+    for metric, d in summary["paired"]["tuned-base"].items():
+        assert set(d) == {"diff", "ci95", "p_value", "method", "distinguishable"} and 0 < d["p_value"] <= 1
+        assert d["diff"] == pytest.approx(summary["models"]["tuned"]["stats"][metric]["value"]
+                                          - summary["models"]["base"]["stats"][metric]["value"])
 
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     assert "(validation split: it chose the best checkpoint" in report and "optimistic" in report
     assert "| metric | base | tuned | tuned - base |" in report and "## Examples" in report
     assert "sampling T=0.6 top_p=0.95 seed=42, 2 samples/question" in report and " ± " in report
+    assert "4 of 10 questions, seed 42, random" in report and "## Uncertainty (the question is the unit)" in report
+    assert "tuned − base [95% CI], p" in report and "distinguishable from 0" in report
     assert "`cut_off` = no answer, generation hit max_new_tokens" in report
     rows = list(csv.reader((run_dir / "report.csv").open(encoding="utf-8")))
     assert rows[0] == ["metric", "base", "tuned", "base sd", "tuned sd"]
@@ -191,15 +207,16 @@ def test_mcq_task_reports_accuracy(tiny_model_dir, tmp_path, one_thread):
     from r1_sft.evaluation.run import EvalConfig, run_evaluation
 
     assert len(load_items(MCQ, "mcq")) == 24  # the whole fixture is accepted
-    run_evaluation(EvalConfig(task="mcq", data=str(MCQ), num_samples=3, base_model=str(tiny_model_dir), adapter="",
-                              max_new_tokens=16, output_dir=str(tmp_path), run_name="mcq"))
+    run_evaluation(EvalConfig(task="mcq", data=str(MCQ), num_samples=3, first_questions=True, adapter="",
+                              base_model=str(tiny_model_dir), max_new_tokens=16, output_dir=str(tmp_path), run_name="mcq"))
     summary = json.loads((tmp_path / "mcq" / "summary.json").read_text(encoding="utf-8"))
     assert list(summary["models"]) == ["base"]  # no adapter: base alone
     block = summary["models"]["base"]
     assert 0.0 <= block["accuracy"] <= 1.0 and block["n"] == 3 and "answer" not in block
     assert block["n_single"] + block["n_multi"] == 3 and "accuracy_single" in block and "accuracy_multi" in block
     preds = [json.loads(line) for line in (tmp_path / "mcq" / "predictions.jsonl").open(encoding="utf-8")]
-    assert [p["reference"] for p in preds] == ["D", "C", "E"]
+    assert [p["reference"] for p in preds] == ["D", "C", "E"]  # --first_questions: the file's first 3
+    assert summary["data"]["drawn"] == "first N" and summary["data"]["of"] == 24
     assert all("choice" in p and isinstance(p["correct"], bool) for p in preds)
     assert "A. " in preds[0]["question"] and "E. " in preds[0]["question"]  # options shown to the model
 

@@ -115,6 +115,7 @@ def collect(stream) -> dict:
             if delta.role:
                 seen["roles"].append(delta.role)
             reasoning = getattr(delta, "reasoning_content", None)
+            seen["reasoning_new_name"] = seen.get("reasoning_new_name", "") + (getattr(delta, "reasoning", None) or "")
             if reasoning:
                 seen["order"].append("reasoning")
                 seen["reasoning"] += reasoning
@@ -134,8 +135,9 @@ def test_delta_stream_cuts_at_think_close_split_across_pieces():
     for piece in ["先考虑", "感冒。\n</th", "ink>\n\n", "多喝水", "。"]:
         parts.feed(piece)
     parts.flush()
-    assert out == [{"reasoning_content": "先考虑"}, {"reasoning_content": "感冒。\n"},
-                   {"content": "多喝水"}, {"content": "。"}]
+    # reasoning under both names, the same text: vLLM 0.11+ clients read "reasoning", DeepSeek's "reasoning_content"
+    assert out == [{"reasoning": "先考虑", "reasoning_content": "先考虑"},
+                   {"reasoning": "感冒。\n", "reasoning_content": "感冒。\n"}, {"content": "多喝水"}, {"content": "。"}]
 
 
 def test_prompt_folds_the_system_message_and_drops_earlier_reasoning(tiny_model_dir):
@@ -381,12 +383,14 @@ def test_reasoning_and_answer_apart_in_both_shapes(scripted):
     r = client.chat.completions.create(model="scripted", messages=ask(), max_tokens=100)
     message = r.choices[0].message
     assert (message.reasoning_content, message.content) == ("先考虑感冒。", "多喝水，注意休息。")
+    assert message.reasoning == message.reasoning_content  # vLLM 0.11+'s name, the same text
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.completion_tokens == len(reply) + 1  # the EOS counts
     assert r.usage.completion_tokens_details.reasoning_tokens == close_at
     seen = collect(client.chat.completions.create(model="scripted", messages=ask(), max_tokens=100, stream=True,
                                                   stream_options={"include_usage": True}))
     assert seen["reasoning"].strip() == "先考虑感冒。" and seen["content"] == "多喝水，注意休息。"
+    assert seen["reasoning_new_name"] == seen["reasoning"]  # streamed under both names too
     assert seen["order"] == sorted(seen["order"], key=["reasoning", "content"].index) and "content" in seen["order"]
     assert seen["finish"] == "stop" and seen["usage"].model_dump() == r.usage.model_dump()
     cut = client.chat.completions.create(model="scripted", messages=ask(), max_tokens=3)

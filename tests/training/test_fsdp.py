@@ -6,7 +6,8 @@ decoder layer, checkpoints written by FSDP, the adapter gathered to rank 0 and s
 
 Checked: it trains, evaluates (7 validation records on 2 ranks: uneven), resumes from a checkpoint
 to the same adapter, writes best_model/ and final_model/ that the chat loads, and its eval_loss
-equals a one-process run with the same global batch (4 sequences per step) within EVAL_TOLERANCE.
+equals a one-process run with the same global batch (4 sequences per step) within EVAL_TOLERANCE, both
+with the default chunked loss (lm_head and the final norm unsharded around it: r1_sft.training.loss).
 
 The 16 training records make the length-grouped shuffle identical for 1 x 4 and 2 x 2 sequences
 per step (one megabatch of 4 either way), so both runs see the same examples at every step.
@@ -42,11 +43,10 @@ def data(tmp_path: Path) -> list[str]:
 
 
 def common(tiny_model_dir: Path, tmp_path: Path) -> list[str]:
-    # Stock loss: the chunked loss is refused under FSDP (r1_sft.training.parallel); no dropout, so the
-    # one-process run draws the same (no) masks.
+    # The default (chunked) loss on both sides. No dropout, so the one-process run draws the same (no) masks.
     return ["--model_path", str(tiny_model_dir), *data(tmp_path), "--max_steps", str(STEPS), "--eval_steps", "1",
             "--save_steps", "1", "--logging_steps", "1", "--gradient_accumulation_steps", "1", "--max_length", "256",
-            "--seed", "7", "--no_use_4bit", "--lora_dropout", "0", "--loss_chunk_tokens", "0"]
+            "--seed", "7", "--no_use_4bit", "--lora_dropout", "0"]
 
 
 def torchrun(args: list[str], cwd: Path, config: str = "fsdp2_lora.json") -> subprocess.CompletedProcess:

@@ -61,7 +61,6 @@ def test_shipped_configs_name_their_engine(tmp_path):
     ({"version": 1}, '"version": 1 is FSDP1'),
     ({"version": 2, "state_dict_type": "SHARDED_STATE_DICT"}, "writes no adapter file"),
     ({"version": 2}, "accelerate 1.15 runs FSDP only on GPUs (on a CPU the Trainer silently trains plain DDP"),
-    ({"version": 2, "chunked": True}, "the chunked loss runs lm_head outside the model's forward"),
 ])
 def test_fsdp_mistakes_and_this_cpu_are_one_line(tmp_path, monkeypatch, data, message):
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -69,6 +68,16 @@ def test_fsdp_mistakes_and_this_cpu_are_one_line(tmp_path, monkeypatch, data, me
     with pytest.raises(UserError) as err:
         check_on_cpu(config(tmp_path, fsdp_config=write(tmp_path, "fsdp.json", data), loss_chunk_tokens=chunk))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fsdp_takes_the_chunked_loss_and_zero3_refuses_it_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(parallel, "_needs_gpu", lambda *args: None)  # as on a GPU machine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_on_cpu(config(tmp_path, fsdp_config=str(REPO / "configs/fsdp2_lora.json"), loss_chunk_tokens=256))
+    with pytest.raises(UserError) as err:  # before the deepspeed import: one line with or without the package
+        check_on_cpu(config(tmp_path, deepspeed=deepspeed_with(tmp_path, stage=3), loss_chunk_tokens=256))
+    assert "ZeRO-3 partitions lm_head" in str(err.value) and "--loss_chunk_tokens 0" in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_fsdp_alone_on_one_process_is_refused(tmp_path, monkeypatch):
