@@ -148,14 +148,6 @@ def test_readme_is_short_starts_with_the_two_commands_and_keeps_the_seed_quick_s
 
 # ----------------------------------------------------------------------------- words, defaults, paths
 
-# Pages rewritten on other branches (issues 26, 27, 28): until those merge, these pages still hold what the
-# checks below refuse. strict: once a page passes, the XPASS fails, and its entry here must go.
-PENDING_REWRITE = {
-    "words": {"docs/evaluation.md": "issue 26"},
-    "defaults": {},
-    "paths": {"docs/evaluation.md": "issue 26"},
-}
-
 # Words about how the project was made (its machines, sessions, load), not about the user's run.
 BANNED_WORDS = [
     r"本机", r"这台机器", r"开发机", r"机器很忙", r"负载约", r"2 核 AMD EPYC", r"本项目的会话",
@@ -165,12 +157,7 @@ BANNED_WORDS = [
 ]
 
 
-def _pages(check: str):
-    return [pytest.param(doc, marks=pytest.mark.xfail(strict=True, reason=f"rewritten in {PENDING_REWRITE[check][rel]}"))
-            if (rel := str(doc.relative_to(REPO))) in PENDING_REWRITE[check] else doc for doc in DOCS]
-
-
-@pytest.mark.parametrize("doc", _pages("words"), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_docs_speak_to_the_user_not_about_how_the_project_was_made(doc):
     hits = []
     for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
@@ -265,7 +252,7 @@ def test_the_defaults_reader_sees_the_real_defaults(script_defaults):
     assert script_defaults["scripts/evaluate_model.py"]["max_new_tokens"] == 4096  # a constant imported from r1_sft
 
 
-@pytest.mark.parametrize("doc", _pages("defaults"), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_defaults_quoted_in_the_docs_equal_the_scripts_defaults(doc, script_defaults):
     rel = str(doc.relative_to(REPO))
     text = doc.read_text(encoding="utf-8")
@@ -333,7 +320,7 @@ def named_paths(text: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("doc", _pages("paths"), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_paths_named_in_the_docs_exist_or_are_written_by_a_documented_command(doc, produced):
     missing = sorted({p for p in named_paths(doc.read_text(encoding="utf-8")) if not _named_path_ok(p, produced)})
     assert not missing, f"{doc.relative_to(REPO)} names paths that neither exist nor are written by a command: {missing}"
