@@ -55,11 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
 from r1_sft.jsonl_io import atomic_write_text  # noqa: E402
-from r1_sft.model.random_model import (  # noqa: E402
-    REAL_1_5B_ARCH,
-    TINY_RANDOM_ARCH,
-    build_random_model,
-)
+from r1_sft.model.random_model import REAL_1_5B_ARCH, TINY_RANDOM_ARCH, build_random_model  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
 
@@ -221,12 +217,7 @@ def run_config(cfg: Config, model_dir: Path, arch: dict, method: str, use_4bit: 
     from r1_sft.model.lora import setup_lora_model
     from r1_sft.model.plan import make_plan
     from r1_sft.training import memory_estimate
-    from r1_sft.training.batching import (
-        LENGTH_GROUPED,
-        PADDING_FREE,
-        attn_implementation_of,
-        make_collator,
-    )
+    from r1_sft.training.batching import LENGTH_GROUPED, PADDING_FREE, attn_implementation_of, make_collator
     from r1_sft.training.trainer import SFTTrainer
 
     chunk = cfg.loss_chunk_tokens if loss == "chunked" else 0

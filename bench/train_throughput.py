@@ -95,11 +95,7 @@ def run_arm(cfg: Config, name: str, examples: list[dict], strategy: str | None) 
 
     from r1_sft.model.lora import setup_lora_model
     from r1_sft.model.plan import make_plan
-    from r1_sft.training.batching import (
-        TokenStatsCallback,
-        attn_implementation_of,
-        make_collator,
-    )
+    from r1_sft.training.batching import TokenStatsCallback, attn_implementation_of, make_collator
 
     set_seed(cfg.seed)
     plan = make_plan(cfg.model_path, use_4bit=cfg.use_4bit, for_training=True)

@@ -44,13 +44,7 @@ from r1_sft.data.teacher_api import (  # noqa: E402
     reasoning_steps,
     request_body,
 )
-from r1_sft.data.teacher_store import (  # noqa: E402
-    AppendLog,
-    Question,
-    answered_keys,
-    compact_rejects,
-    load_questions,
-)
+from r1_sft.data.teacher_store import AppendLog, Question, answered_keys, compact_rejects, load_questions  # noqa: E402
 from r1_sft.jsonl_io import atomic_write_text  # noqa: E402
 from r1_sft.paths import display_path, repo_path  # noqa: E402
 from r1_sft.r1_format import build_user_text  # noqa: E402
@@ -235,9 +229,7 @@ def main(cfg: Config):
         print_dry_run(cfg, todo, bool(api_key))
         return
 
-    from r1_sft.data.teacher_api import (
-        TeacherClient,  # imports openai: not needed for a dry run
-    )
+    from r1_sft.data.teacher_api import TeacherClient  # imports openai: not needed for a dry run
 
     compact_rejects(rejects, done)
     rejects_log = AppendLog(rejects)

@@ -26,12 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config, path_field  # noqa: E402
 from r1_sft.inference.chat import ChatSession, find_model_folders, model_menu_label  # noqa: E402
-from r1_sft.inference.conversation import (  # noqa: E402
-    NOTICE,
-    ChatSettings,
-    context_limit,
-    set_setting,
-)
+from r1_sft.inference.conversation import NOTICE, ChatSettings, context_limit, set_setting  # noqa: E402
 from r1_sft.inference.decoding import TEMPERATURE, TOP_P  # noqa: E402
 from r1_sft.inference.generation import load_for_generation  # noqa: E402
 from r1_sft.model.plan import make_plan  # noqa: E402

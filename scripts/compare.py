@@ -22,22 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
 from r1_sft.evaluation.metrics import outcome  # noqa: E402
-from r1_sft.evaluation.run import (  # noqa: E402
-    DEFAULT_ADAPTER,
-    DEFAULT_BASE,
-    check_backend,
-    choose_models,
-    generate_all,
-)
-from r1_sft.inference.decoding import (  # noqa: E402
-    DO_SAMPLE,
-    MAX_NEW_TOKENS,
-    SEED,
-    TEMPERATURE,
-    TOP_P,
-    check_decoding,
-    describe,
-)
+from r1_sft.evaluation.run import DEFAULT_ADAPTER, DEFAULT_BASE, check_backend, choose_models, generate_all  # noqa: E402
+from r1_sft.inference.decoding import DO_SAMPLE, MAX_NEW_TOKENS, SEED, TEMPERATURE, TOP_P, check_decoding, describe  # noqa: E402
 from r1_sft.r1_format import build_user_text, parse_output  # noqa: E402
 
 MISSING = {"cut_off": "(无：思考未结束，已达到 max_new_tokens)", "stopped_without_answer": "(无：模型未给出回答就停止了)"}

@@ -46,15 +46,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.evaluation.run import (  # noqa: E402
-    DEFAULT_ADAPTER,
-    DEFAULT_BASE,
-    DEFAULT_DATA,
-    EvalConfig,
-    run_evaluation,
-)
-from r1_sft.inference.decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES  # noqa: E402
 from r1_sft.evaluation.report_html import write_report_html  # noqa: E402
+from r1_sft.evaluation.run import DEFAULT_ADAPTER, DEFAULT_BASE, DEFAULT_DATA, EvalConfig, run_evaluation  # noqa: E402
+from r1_sft.inference.decoding import DO_SAMPLE, MAX_NEW_TOKENS, N_SAMPLES  # noqa: E402
 from r1_sft.paths import display_path  # noqa: E402
 
 

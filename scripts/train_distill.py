@@ -33,11 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from r1_sft.cli import UserError, cli_main, parse_config  # noqa: E402
 from r1_sft.model.folders import load_tokenizer  # noqa: E402
 from r1_sft.paths import display_path, repo_path, tried_path  # noqa: E402
-from r1_sft.training.checks import (  # noqa: E402
-    check_before_loading,
-    check_teacher_folder,
-    check_values,
-)
+from r1_sft.training.checks import check_before_loading, check_teacher_folder, check_values  # noqa: E402
 from r1_sft.training.config import TrainConfig  # noqa: E402
 from r1_sft.training.distill import (  # noqa: E402
     KDTrainer,

@@ -26,15 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from r1_sft.cli import UserError
-from r1_sft.data.benchmarks import (
-    MULTI,
-    NO_ANSWER,
-    NOT_MCQ,
-    SINGLE,
-    detect_shape,
-    read_raw,
-    to_record,
-)
+from r1_sft.data.benchmarks import MULTI, NO_ANSWER, NOT_MCQ, SINGLE, detect_shape, read_raw, to_record
 from r1_sft.data.conversion import iter_objects, reject_entry
 from r1_sft.data.records import (
     DUPLICATE_QUESTION,

@@ -29,11 +29,7 @@ def load_items(path: str | Path, task: str, num_samples: int = 0) -> list[EvalIt
     """The first ``num_samples`` questions of an evaluation file (0 = all) as prompts and references."""
     path = repo_path(path)
     if task == "mcq":
-        from r1_sft.data.benchmarks import (
-            load_mcq,
-            mcq_user_text,
-            question_with_options,
-        )
+        from r1_sft.data.benchmarks import load_mcq, mcq_user_text, question_with_options
 
         records, counts = load_mcq(path, num_samples)
         shapes = ", ".join(f"{shape} {n}" for shape, n in counts["shapes"].items())

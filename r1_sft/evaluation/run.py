@@ -37,8 +37,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from r1_sft.cli import UserError, path_field
 from r1_sft.answer_reader import normalize_gold
+from r1_sft.cli import UserError, path_field
 from r1_sft.evaluation.metrics import (
     mcq_sample_metrics,
     mean_lengths,

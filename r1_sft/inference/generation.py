@@ -296,12 +296,7 @@ def generate_with_vllm(model_paths: dict[str, str], conversations: Sequence[Sequ
     from vllm.lora.request import LoRARequest
 
     from r1_sft.cli import UserError
-    from r1_sft.model.folders import (
-        ADAPTER_CONFIG,
-        load_tokenizer,
-        resolve_model_folder,
-        weights_size,
-    )
+    from r1_sft.model.folders import ADAPTER_CONFIG, load_tokenizer, resolve_model_folder, weights_size
     from r1_sft.model.precision import pick_dtype
 
     folders = {name: resolve_model_folder(path) for name, path in model_paths.items()}

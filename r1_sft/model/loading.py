@@ -11,12 +11,7 @@ from pathlib import Path
 import torch
 
 from r1_sft.cli import UserError
-from r1_sft.model.folders import (
-    ADAPTER_CONFIG,
-    MERGE_INFO,
-    load_tokenizer,
-    resolve_model_folder,
-)
+from r1_sft.model.folders import ADAPTER_CONFIG, MERGE_INFO, load_tokenizer, resolve_model_folder
 from r1_sft.model.plan import RunPlan, as_dtype, make_plan
 from r1_sft.paths import display_path, repo_path
 

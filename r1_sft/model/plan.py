@@ -15,12 +15,7 @@ import torch
 
 from r1_sft.cli import UserError
 from r1_sft.model.folders import ModelFolder, resolve_model_folder, weights_size
-from r1_sft.model.precision import (
-    Precision,
-    decide_precision,
-    pick_attn_implementation,
-    pick_device,
-)
+from r1_sft.model.precision import Precision, decide_precision, pick_attn_implementation, pick_device
 from r1_sft.paths import display_path
 
 ONE_PROCESS = "one process"

@@ -120,12 +120,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 6
     distillation) shares it.
     """
     import torch
-    from transformers import (
-        AutoTokenizer,
-        GenerationConfig,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-    )
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     files = [repo_path(f) for f in corpus_files] if corpus_files is not None else default_corpus_files()
     docs = corpus_documents(files)

@@ -75,12 +75,7 @@ def check_grpo_settings(cfg: GrpoConfig) -> RunPlan:
     Returns the plan (folder, device, precision, 4-bit, engine: decided here, once)."""
     from r1_sft.model.plan import make_plan
     from r1_sft.model.precision import check_run_settings
-    from r1_sft.training.checks import (
-        check_lora_targets,
-        check_schedule,
-        check_trackers,
-        meta_model,
-    )
+    from r1_sft.training.checks import check_lora_targets, check_schedule, check_trackers, meta_model
 
     check_run_settings(cfg.device, cfg.precision)
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length",

@@ -202,12 +202,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
         quiet_dataset_bars,
         use_progress_output,
     )
-    from r1_sft.training.outputs import (
-        clear_output_dir,
-        complete_checkpoints,
-        copy_adapter,
-        portable_adapter_config,
-    )
+    from r1_sft.training.outputs import clear_output_dir, complete_checkpoints, copy_adapter, portable_adapter_config
     from r1_sft.training.trainer import last_finite_checkpoint
 
     plan = check_grpo_settings(cfg)  # values, the plan, paths, vLLM, trackers, LoRA names: nothing loaded yet

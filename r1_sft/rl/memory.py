@@ -27,13 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1_sft.training.memory_estimate import (
-    CUDA_OVERHEAD_GB,
-    GB,
-    LOSS_BYTES_PER_LOGIT,
-    ModelShape,
-    estimate,
-)
+from r1_sft.training.memory_estimate import CUDA_OVERHEAD_GB, GB, LOSS_BYTES_PER_LOGIT, ModelShape, estimate
 
 TRL_TOKEN_TILE = 4096  # trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE
 TRL_VOCAB_TILE = 32768  # trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE

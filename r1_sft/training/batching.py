@@ -29,11 +29,7 @@ import time
 from typing import Any, Sequence
 
 import torch
-from transformers import (
-    DataCollatorForSeq2Seq,
-    DataCollatorWithFlattening,
-    TrainerCallback,
-)
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainerCallback
 
 from r1_sft.r1_format import IGNORE_INDEX
 

@@ -17,12 +17,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from transformers import (
-    EarlyStoppingCallback,
-    PrinterCallback,
-    ProgressCallback,
-    TrainerCallback,
-)
+from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback, TrainerCallback
 
 from r1_sft.jsonl_io import atomic_open, write_jsonl
 

@@ -22,13 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from transformers import (
-    EarlyStoppingCallback,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from r1_sft.cli import UserError
 from r1_sft.jsonl_io import write_jsonl
@@ -48,12 +42,7 @@ from r1_sft.training.callbacks import (
 )
 from r1_sft.training.checks import check_before_loading, report_to
 from r1_sft.training.config import TrainConfig
-from r1_sft.training.encoding import (
-    describe_split,
-    load_split,
-    render_trained_example,
-    write_encoded_examples,
-)
+from r1_sft.training.encoding import describe_split, load_split, render_trained_example, write_encoded_examples
 from r1_sft.training.log_report import write_training_report
 from r1_sft.training.outputs import (
     check_output_dir,
@@ -83,12 +72,7 @@ def memory_plan(cfg: TrainConfig, plan: RunPlan, longest: int) -> str:
     Estimated for a GPU (16-bit weights; QLoRA's NF4 body) at the longest encoded example, capped
     by max_length; with ``gpu_memory_gb`` also the largest per-device batch that fits.
     """
-    from r1_sft.training.memory_estimate import (
-        describe,
-        describe_engine,
-        estimate,
-        read_shape,
-    )
+    from r1_sft.training.memory_estimate import describe, describe_engine, estimate, read_shape
 
     shape = read_shape(plan.folder.base_path)
     est = estimate(shape, batch_size=cfg.per_device_train_batch_size, max_length=min(longest, cfg.max_length),

@@ -13,12 +13,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from r1_sft.cli import UserError
 from r1_sft.paths import display_path
 from r1_sft.r1_format import IGNORE_INDEX
-from r1_sft.training.loss import (
-    DEFAULT_CHUNK_TOKENS,
-    LossParts,
-    model_loss,
-    shifted_targets,
-)
+from r1_sft.training.loss import DEFAULT_CHUNK_TOKENS, LossParts, model_loss, shifted_targets
 from r1_sft.training.outputs import complete_checkpoints
 
 # Optimizer steps in a row with a non-finite loss or gradient norm before the run stops.

@@ -18,12 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from r1_sft.cli import cli_main, parse_config  # noqa: E402
-from r1_sft.evaluation.run import (  # noqa: E402
-    DEFAULT_ADAPTER,
-    DEFAULT_BASE,
-    EvalConfig,
-    run_evaluation,
-)
+from r1_sft.evaluation.run import DEFAULT_ADAPTER, DEFAULT_BASE, EvalConfig, run_evaluation  # noqa: E402
 
 
 @dataclass

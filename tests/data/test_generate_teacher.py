@@ -21,19 +21,8 @@ import pytest
 
 from r1_sft.cli import UserError
 from r1_sft.data.records import question_key
-from r1_sft.data.teacher_api import (
-    Completion,
-    backoff_delay,
-    judge,
-    reasoning_steps,
-    retry_after_seconds,
-)
-from r1_sft.data.teacher_store import (
-    AppendLog,
-    answered_keys,
-    compact_rejects,
-    load_questions,
-)
+from r1_sft.data.teacher_api import Completion, backoff_delay, judge, reasoning_steps, retry_after_seconds
+from r1_sft.data.teacher_store import AppendLog, answered_keys, compact_rejects, load_questions
 
 from conftest import REPO, run_script
 from fake_openai import FakeOpenAI, answer_for, reasoning_for

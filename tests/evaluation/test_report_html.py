@@ -11,10 +11,11 @@ import json
 import shutil
 
 import pytest
-
 from browser import chromium
-from conftest import REPO, run_script
+
 from r1_sft.evaluation.report_html import write_report_html
+
+from conftest import REPO, run_script
 
 SFT_VAL = REPO / "tests" / "fixtures" / "eval_sft_val.jsonl"
 

@@ -15,24 +15,9 @@ import time
 
 import pytest
 
-from r1_sft.inference.chat import (
-    HIDDEN_LABEL,
-    REASONING_LABEL,
-    STOPPED_NOTE,
-    ChatSession,
-    parse_command,
-)
-from r1_sft.inference.chat_store import (
-    ConversationFileError,
-    load_conversation,
-    safe_conversation_path,
-)
-from r1_sft.inference.conversation import (
-    NOTICE,
-    ChatSettings,
-    context_limit,
-    set_setting,
-)
+from r1_sft.inference.chat import HIDDEN_LABEL, REASONING_LABEL, STOPPED_NOTE, ChatSession, parse_command
+from r1_sft.inference.chat_store import ConversationFileError, load_conversation, safe_conversation_path
+from r1_sft.inference.conversation import NOTICE, ChatSettings, context_limit, set_setting
 from r1_sft.r1_format import ThinkSplitter
 
 from conftest import REPO, run_script

@@ -50,11 +50,7 @@ def test_a_batch_is_generated_the_same_whoever_runs_it(tiny_model_dir):
     """Batch i of an evaluation run is seeded seed + i: a chat reply or request with that index equals it."""
     import torch
 
-    from r1_sft.inference.generation import (
-        generate_with_stats,
-        load_for_generation,
-        stream_reply,
-    )
+    from r1_sft.inference.generation import generate_with_stats, load_for_generation, stream_reply
     from r1_sft.model.plan import make_plan
     from r1_sft.r1_format import encode_prompt
 

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from browser import chromium
-from conftest import REPO, run_script
+
 from r1_sft.inference.serving import ServerSettings, create_app
+
+from conftest import REPO, run_script
 
 KEY_ENV, KEY = "R1_WEB_TEST_KEY", "sk-web-test-3c1d"
 QUESTION = "头痛发热怎么办？"

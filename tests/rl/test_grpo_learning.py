@@ -138,8 +138,9 @@ def test_two_processes_give_the_first_step_of_one(warm_model, tmp_path, one_thre
     """Same global batch (32 completions = all 8 questions x 4): 1 process x 32 vs 2 processes x 16, rewards
     gathered across processes. Rollouts at temperature 0.01 are the same text whatever the process count;
     sampled ones cannot be compared, as TRL seeds each process apart (seed + rank)."""
-    from conftest import script_config
     from r1_sft.rl.grpo import run_grpo
+
+    from conftest import script_config
 
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     # one process in this one, with the script's own defaults for every other flag

@@ -13,8 +13,9 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-from conftest import REPO
 from r1_sft.model.hardware import CUDA12_INSTALL
+
+from conftest import REPO
 
 NOTEBOOK = REPO / "notebooks" / "quickstart_t4.ipynb"
 

@@ -1,11 +1,5 @@
 """The R1 think format: SFT targets, parsing of model output (no opening <think>, unclosed think), history."""
-from r1_sft.r1_format import (
-    build_user_text,
-    chat_messages,
-    format_output,
-    parse_output,
-    target_text,
-)
+from r1_sft.r1_format import build_user_text, chat_messages, format_output, parse_output, target_text
 
 
 def test_format_output_is_native_think_format():

@@ -3,8 +3,8 @@ opened in a real browser (Debian's chromium through Playwright), offline."""
 from __future__ import annotations
 
 import pytest
-
 from browser import chromium
+
 from r1_sft.training.log_report import render_training_report, write_training_report
 
 SFT = [{"loss": 2.5 - 0.1 * s, "grad_norm": 1.0 + 0.05 * s, "learning_rate": 2e-4 * (1 - s / 10), "epoch": s / 10,
