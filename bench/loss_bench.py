@@ -38,14 +38,6 @@ from r1_sft.paths import REPO_ROOT, display_path, repo_path  # noqa: E402
 from r1_sft.run_info import run_info  # noqa: E402
 
 ARMS = {"fused": [], "stock": ["--loss_chunk_tokens", "0"]}
-_PEAK_RSS = """
-import resource, runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
-"""
 
 
 @dataclass
@@ -65,7 +57,8 @@ class Config:
 
 def run_arm(cfg: Config, script: Path, arm: str, workdir: Path) -> dict:
     out = workdir / arm
-    cmd = [sys.executable, "-c", _PEAK_RSS, str(script), "--model_path", str(repo_path(cfg.model_path)),
+    cmd = [sys.executable, str(REPO_ROOT / "bench/peak_rss.py"), str(script),
+           "--model_path", str(repo_path(cfg.model_path)),
            "--train_file", str(repo_path(cfg.train_file)), "--val_file", str(repo_path(cfg.train_file)),
            "--output_dir", str(out), "--overwrite_output_dir", "--max_steps", str(cfg.max_steps),
            "--eval_steps", str(cfg.max_steps), "--save_steps", str(cfg.max_steps), "--logging_steps", "5",

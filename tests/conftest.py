@@ -48,6 +48,39 @@ def sft_config(**overrides):
     return script_config("scripts/train_stf_r1_train_val.py")(**overrides)
 
 
+def save_random_adapter(base_dir: Path, out: Path, *, r: int = 4, alpha: int = 8, targets=("q_proj", "v_proj"),
+                        seed: int = 0) -> Path:
+    """A LoRA adapter with random (non-zero) A and B on ``base_dir``, so that "tuned" answers differently from
+    "base" (peft's default B = 0 would be a no-op)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    lora = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets if isinstance(targets, str) else list(targets),
+                      init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def random_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """One random rank-4 LoRA adapter on q/v of the stand-in, shared by the tests of a worker."""
+    return save_random_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "best_model")
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (the same float summation order in every run)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

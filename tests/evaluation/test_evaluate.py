@@ -20,34 +20,13 @@ NEW_KEYS = {"outcome", "over_answered", "n_samples", "spread"}
 OUTCOMES = {"answered", "cut_off", "stopped_without_answer"}
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _evaluate(*args, **kwargs):
     return run_script("scripts/evaluate_model.py", *args, env=ONE_THREAD, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A LoRA adapter with random (non-zero) weights on the tiny model, so "tuned" differs from "base"."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
-    out = tmp_path_factory.mktemp("adapter") / "best_model"
-    peft_model.save_pretrained(out)
-    return out
+def adapter_dir(random_adapter) -> Path:
+    return random_adapter
 
 
 @pytest.fixture(scope="module")

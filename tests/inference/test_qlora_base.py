@@ -19,7 +19,7 @@ import pytest
 
 from r1_sft.run_info import save_run_info
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, save_random_adapter
 
 SFT_VAL = REPO / "tests" / "fixtures" / "eval_sft_val.jsonl"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -27,15 +27,7 @@ ON_16_BIT = "QLoRA adapter trained on the 4-bit NF4 base; runs on the unquantize
 
 
 def _adapter(tiny_model_dir, out: Path, use_4bit: bool) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
-    peft_model.save_pretrained(out)
+    save_random_adapter(tiny_model_dir, out)
     save_run_info({"model_path": str(tiny_model_dir), "use_4bit": use_4bit}, out / "run_info.json")  # as training does
     return out
 

@@ -38,18 +38,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 # ---------------------------------------------------------------- servers
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A LoRA adapter with random (non-zero) weights: "tuned" answers differently from "base"."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  init_lora_weights=False))
-    out = tmp_path_factory.mktemp("adapter") / "best_model"
-    peft_model.save_pretrained(out)
-    return out
+def adapter_dir(random_adapter) -> Path:
+    return random_adapter
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, save_random_adapter
 
 SCRIPT = "scripts/merge_lora.py"
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -19,16 +19,8 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    # init_lora_weights=False: B is random too, so the adapter is not a no-op.
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
-    model = get_peft_model(base, lora)
-    out = tmp_path_factory.mktemp("adapter") / "best_model"
-    model.save_pretrained(out)
+    out = save_random_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "best_model", r=8, alpha=16,
+                              targets="all-linear")
     return out
 
 

@@ -38,16 +38,6 @@ def _config(model_path, tmp_path, **overrides):
     return GrpoConfig(**settings)
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def grpo_run(tiny_model_dir, tmp_path_factory):
     """The issue's end-to-end run: a 6-question file, refused with the defaults (8 questions per step) before any
@@ -146,19 +136,9 @@ def test_resume_continues_from_the_newest_checkpoint(grpo_run, tiny_model_dir, t
 
 
 @pytest.fixture(scope="module")
-def sft_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+def sft_adapter(random_adapter) -> Path:
     """An SFT-like adapter on the stand-in (random non-zero LoRA on q/v, rank 4)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                      task_type="CAUSAL_LM")
-    out = tmp_path_factory.mktemp("sft") / "best_model"
-    get_peft_model(model, lora).save_pretrained(out)
-    return out
+    return random_adapter
 
 
 def comma_reward(completion_ids, **_):

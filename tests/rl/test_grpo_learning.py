@@ -21,16 +21,6 @@ def _write_jsonl(path: Path, records) -> Path:
     return path
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TOY_THINK = "想"  # the warm-up's one-character reasoning
 
 

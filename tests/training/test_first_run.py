@@ -21,7 +21,7 @@ from r1_sft.cli import UserError
 from r1_sft.training.checks import training_plan
 from r1_sft.training.schedule import auto_eval_steps, plan_schedule
 
-from conftest import REPO, run_script, sft_config
+from conftest import run_script, sft_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -63,16 +63,6 @@ def test_eval_loss_is_the_token_weighted_mean_whatever_the_batching(student, tmp
 
 # ----------------------------------------------------------------------------- memory of one step
 
-_PEAK_RSS = """
-import resource, runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-finally:
-    print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
-"""
-
-
 def _long_records(path, n: int, chars: int) -> None:
     """n SFT records of about ``chars`` characters of reasoning (about 0.7 tokens per character)."""
     sentence = "患者出现持续头痛伴恶心，需要排查颅内压增高、偏头痛和高血压等原因，并结合体格检查与影像学结果综合判断。"
@@ -86,7 +76,7 @@ def _long_records(path, n: int, chars: int) -> None:
 
 def _peak_mb(tiny_model_dir, tmp_path, name: str, train_file, *extra: str) -> float:
     out = tmp_path / name
-    cmd = [sys.executable, "-c", _PEAK_RSS, str(REPO / "scripts/train_stf_r1_train_val.py"),
+    cmd = [sys.executable, str(REPO / "bench/peak_rss.py"), str(REPO / "scripts/train_stf_r1_train_val.py"),
            "--model_path", str(tiny_model_dir), "--train_file", str(train_file), "--val_file", str(train_file),
            "--output_dir", str(out), "--max_steps", "1", "--eval_steps", "1", "--save_steps", "1",
            "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "1",
