@@ -26,6 +26,7 @@ import torch
 from r1_sft.inference.generation import ReplyParts
 from r1_sft.inference.openai_api import ApiError, conversation_messages, delta
 from r1_sft.inference.serving import ServerSettings, create_app
+from r1_sft.paths import display_path
 from r1_sft.r1_format import build_prompt, encode_prompt
 
 from conftest import REPO, run_script
@@ -181,7 +182,7 @@ def test_bad_messages_are_named(messages, param):
 
 def test_plain_completion_keeps_reasoning_apart_with_usage(server):
     client = server.client()
-    assert [m.id for m in client.models.list().data] == [str(server.proc.args[3])]
+    assert [m.id for m in client.models.list().data] == [display_path(Path(server.proc.args[3]))]  # as given
     r = client.chat.completions.create(model="tiny", messages=ask(), max_tokens=6, extra_body={"min_tokens": 6},
                                        temperature=0)
     choice = r.choices[0]

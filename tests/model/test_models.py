@@ -284,9 +284,9 @@ def _save_adapter(base_dir: Path, out: Path) -> torch.Tensor:
     from peft import LoraConfig, get_peft_model
 
     model, tokenizer = load_model(base_dir)
+    torch.manual_seed(0)  # lora_A's random init too: the adapter must not depend on what ran before
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                   task_type="CAUSAL_LM"))
-    torch.manual_seed(0)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

@@ -172,7 +172,8 @@ def test_dry_run_writes_encoded_examples_plans_memory_and_trains_nothing(tiny_mo
     assert "read 24 records" in proc.stdout and "skipped 0" in proc.stdout
     assert "⟦" in proc.stdout and "<｜end▁of▁sentence｜>⟧" in proc.stdout  # the trained part, EOS included
     plan_lines = [line for line in proc.stdout.splitlines() if line.startswith("[plan] ")]  # decided once, said once
-    assert len(plan_lines) == 1 and "float32, 4-bit NF4, attn=sdpa" in plan_lines[0], proc.stdout
+    assert len(plan_lines) == 1 and "float32, attn=sdpa" in plan_lines[0], proc.stdout
+    assert "--use_4bit auto: 16-bit LoRA" in plan_lines[0] and "16 GB GPU" in plan_lines[0]  # decided for that card
     rows = [json.loads(line) for line in (out / "training_logs/encoded_examples.jsonl").read_text().splitlines()]
     expected = encode_dataset(records[:5], tokenizer, max_length=2048).dataset
     assert [r["input_ids"] for r in rows] == expected["input_ids"]
