@@ -46,6 +46,28 @@ def reject_entry(origin: Origin, error: RecordError, raw: bytes) -> dict:
             "raw": raw.decode("utf-8", errors="backslashreplace")}
 
 
+def kept_unique(objects: Iterable[tuple[Origin, bytes, dict | RecordError]], tally: Tally, rejects_fh,
+                validate: Callable[[dict, Origin], dict], key_of: Callable[[dict], object], what: str,
+                unit: str = "line") -> Iterator[tuple[Origin, dict, dict, object]]:
+    """``(origin, object, record, key)`` for each object that validates and is not a duplicate (same
+    ``key_of(record)`` as an earlier one); every other line goes to ``rejects_fh`` with its reason."""
+    first_seen: dict = {}
+    for origin, raw, obj in objects:
+        try:
+            if isinstance(obj, RecordError):
+                raise obj
+            record = validate(obj, origin)
+            key = key_of(record)
+            if key in first_seen:
+                raise RecordError(DUPLICATE_QUESTION, f"same {what} (after normalisation) as {unit} {first_seen[key]}")
+        except RecordError as exc:
+            tally.rejected[exc.reason] += 1
+            rejects_fh.write(to_json_line(reject_entry(origin, exc, raw)))
+            continue
+        first_seen[key] = origin.line
+        yield origin, obj, record, key
+
+
 def iter_objects(path: Path, tally: Tally) -> Iterator[tuple[Origin, bytes, dict | RecordError]]:
     """Yield ``(origin, raw, object-or-error)`` for every non-blank line; counts read and blank."""
     file, stem = display_path(path), path.stem

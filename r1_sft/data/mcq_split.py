@@ -27,9 +27,8 @@ from typing import Iterator
 
 from r1_sft.cli import UserError
 from r1_sft.data.benchmarks import MULTI, NO_ANSWER, NOT_MCQ, SINGLE, detect_shape, read_raw, to_record
-from r1_sft.data.conversion import iter_objects, reject_entry
+from r1_sft.data.conversion import iter_objects, kept_unique
 from r1_sft.data.records import (
-    DUPLICATE_QUESTION,
     WRITE_BUFFER,
     Origin,
     RecordError,
@@ -98,22 +97,11 @@ def split_mcq(input_path: Path, output_dir: Path, files: dict[str, str], stats_f
     if not input_path.is_file():
         raise UserError(f"{tried_path(input_path)}: input file not found (check --input)")
     rejects = output_dir / f"{input_path.stem}.mcq.rejects.jsonl"
-    tally, kept, first_seen = Tally(), [], {}
+    tally, kept = Tally(), []
     with atomic_open(rejects, buffering=WRITE_BUFFER) as rej_fh:
-        for origin, raw, obj in iter_mcq_objects(input_path, tally):
-            try:
-                if isinstance(obj, RecordError):
-                    raise obj
-                record = project_record(obj, origin)
-                key = item_key(record["question"], record["options"])
-                if key in first_seen:
-                    raise RecordError(DUPLICATE_QUESTION, f"same question and options (after normalisation) as "
-                                                          f"record {first_seen[key]}")
-            except RecordError as exc:
-                tally.rejected[exc.reason] += 1
-                rej_fh.write(to_json_line(reject_entry(origin, exc, raw)))
-                continue
-            first_seen[key] = origin.line
+        for _, _, record, key in kept_unique(iter_mcq_objects(input_path, tally), tally, rej_fh, project_record,
+                                             lambda r: item_key(r["question"], r["options"]),
+                                             "question and options", unit="record"):
             kept.append((key, record))
             tally.kept += 1
     if tally.kept < 3:

@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1_sft.cli import UserError, name_field
-from r1_sft.data.conversion import iter_objects, reject_entry
+from r1_sft.data.conversion import iter_objects, kept_unique
 from r1_sft.data.records import (
-    DUPLICATE_QUESTION,
     WRITE_BUFFER,
-    RecordError,
     Tally,
     fix_hints,
     parse_object,
@@ -172,24 +170,12 @@ def split_jsonl(input_path: Path, output_dir: Path, train_file: str, val_file: s
 
     # Pass 1: validate, dedupe; keep only line number, lengths and key per record.
     tally = Tally()
-    first_line: dict[int, int] = {}
     rewrite_lines: set[int] = set()
     lines, in_chars, out_chars, keys = array("q"), array("q"), array("q"), array("Q")
     with atomic_open(rejects, buffering=WRITE_BUFFER) as rej_fh:
-        for origin, raw, obj in iter_objects(input_path, tally):
-            try:
-                if isinstance(obj, RecordError):
-                    raise obj
-                record = validate_sft(obj)
-                key = question_key(record["input"])
-                if key in first_line:
-                    raise RecordError(DUPLICATE_QUESTION,
-                                      f"same question (after normalisation) as line {first_line[key]}")
-            except RecordError as exc:
-                tally.rejected[exc.reason] += 1
-                rej_fh.write(to_json_line(reject_entry(origin, exc, raw)))
-                continue
-            first_line[key] = origin.line
+        for origin, obj, record, key in kept_unique(iter_objects(input_path, tally), tally, rej_fh,
+                                                    lambda obj, _: validate_sft(obj),
+                                                    lambda r: question_key(r["input"]), "question"):
             if len(obj) != len(record):  # extra keys: written back as exactly {"input", "output"}
                 rewrite_lines.add(origin.line)
             lines.append(origin.line)
@@ -197,7 +183,6 @@ def split_jsonl(input_path: Path, output_dir: Path, train_file: str, val_file: s
             out_chars.append(len(record["output"]))
             keys.append(key)
             tally.kept += 1
-    del first_line
     needed = 3 if test_ratio else 2
     if tally.kept < needed:
         what = "a train/val/test split needs at least 3 (--test_ratio 0: train/val only)" if test_ratio \
