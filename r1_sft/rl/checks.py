@@ -12,7 +12,6 @@ from r1_sft.cli import UserError
 from r1_sft.model.plan import RunPlan
 from r1_sft.paths import repo_path, tried_path
 from r1_sft.rl.config import (
-    CLIP_LOSSES,
     EVALUATIONS_PER_RUN,
     IMPORTANCE_SAMPLING_LEVELS,
     LOSS_TYPES,

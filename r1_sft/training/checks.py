@@ -204,7 +204,7 @@ def decide_4bit(cfg: TrainConfig, plan: RunPlan) -> tuple[bool, str]:
                        f"(batch {cfg.per_device_train_batch_size} x {cfg.max_length} tokens)")
     four = peak(True)
     tail = "" if four <= FIT_SHARE * card else \
-        f"; even that may not fit: lower --per_device_train_batch_size or --max_length"
+        "; even that may not fit: lower --per_device_train_batch_size or --max_length"
     return True, (f"--use_4bit auto: 4-bit QLoRA, 16-bit LoRA would need an estimated {sixteen:.1f} GB of the "
                   f"{card:.0f} GB GPU, 4-bit {four:.1f} GB{tail}")
 
