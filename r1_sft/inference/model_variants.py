@@ -51,10 +51,16 @@ class ModelVariants:
         adapter_on = model_id != BASE_ID or not self.switchable
         with self._cond:
             # Join the running generations only if they use the same setting and nobody waits for the
-            # other one: a steady stream of "tuned" requests never starves a "base" request.
+            # other one; switch the setting only once they are done. So when the last one ends, a waiting
+            # request for the other setting goes first: a steady stream of "tuned" requests never starves
+            # a "base" request (nor the reverse).
+            def may_run() -> bool:
+                if self._adapter_on == adapter_on:
+                    return not self._waiting[not adapter_on]
+                return self._active == 0
+
             self._waiting[adapter_on] += 1
-            self._cond.wait_for(lambda: self._active == 0 or (self._adapter_on == adapter_on
-                                                               and not self._waiting[not adapter_on]))
+            self._cond.wait_for(may_run)
             self._waiting[adapter_on] -= 1
             if self.switchable and self._adapter_on != adapter_on:
                 layers = self.model.base_model

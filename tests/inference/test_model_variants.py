@@ -79,10 +79,16 @@ def test_a_base_request_is_not_starved_by_a_stream_of_tuned_ones():
         time.sleep(0.01)
     base = threading.Thread(target=generate, args=("base",))
     base.start()
-    time.sleep(0.1)  # the base request now waits for the running tuned one
+
+    def until(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    until(lambda: variants._waiting[False] == 1)  # the base request now waits for the running tuned one
     later = threading.Thread(target=generate, args=("tuned",))
     later.start()
-    time.sleep(0.1)
+    until(lambda: variants._waiting[True] == 1)
     assert order == ["tuned"]  # the later tuned request queues behind the waiting base one
     release_first.set()
     for t in (first, base, later):
