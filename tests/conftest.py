@@ -5,12 +5,19 @@ The tiny model is built once per test session (offline, deterministic) through t
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import fcntl
 import functools
 import importlib.util
+import json
 import os
+import select
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,14 +30,119 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_script(script: str, *args: str, cwd: str | Path | None = None, input: str | None = None,
-               timeout: int = 600, env: dict | None = None, check: bool = False):
-    """Run a stage script as a user would (``python path/to/script.py ...``); returns CompletedProcess."""
+               timeout: int = 600, env: dict | None = None, check: bool = False, fresh: bool = False):
+    """Run a stage script as a user would (``python path/to/script.py ...``); returns CompletedProcess.
+
+    The script runs in a fork of this worker's warm Python (tests/warm_python.py: the libraries already
+    imported) unless ``fresh`` is set, its environment differs from the warm one's, or
+    R1_SFT_TEST_FRESH_PYTHON=1 asks for a new interpreter every time.
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
-                          input=input, capture_output=True, text=True, timeout=timeout, env=full_env)
+    argv = [str(REPO / script), *map(str, args)]
+    warm = None if fresh else _warm_python(full_env)
+    if warm is not None:
+        proc = warm.run(argv, cwd=str(cwd or REPO), input=input, timeout=timeout, env=full_env)
+    else:
+        proc = subprocess.run([sys.executable, *argv], cwd=cwd or REPO, input=input, capture_output=True,
+                              text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+class WarmPython:
+    """The client of one tests/warm_python.py server: one script run at a time, as ``subprocess.run``."""
+
+    # Variables that differ from run to run and that no library reads at import time.
+    PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"})
+
+    def __init__(self, env: dict):
+        self.folder = Path(tempfile.mkdtemp(prefix="warm_python_"))
+        self.server = subprocess.Popen([sys.executable, str(REPO / "tests" / "warm_python.py")], cwd=REPO, env=env,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.pending = b""
+        self.env: dict | None = None  # the server's, once its imports are done
+        self.set_by_import: dict = {}
+
+    def accepts(self, env: dict) -> bool:
+        """True when ``env`` is the server's own: as it started, or with what importing r1_sft set (the run's
+        own import of r1_sft sets the same)."""
+        if self.env is None:
+            ready = self._answer()
+            self.env, self.set_by_import = ready["started"], {
+                k: v for k, v in ready["env"].items() if ready["started"].get(k) != v}
+        keys = (env.keys() | self.env.keys()) - self.PER_RUN
+        return self.server.poll() is None and all(
+            env.get(k) == self.env.get(k) or (k in self.set_by_import and env[k] == self.set_by_import[k])
+            for k in keys)
+
+    def _answer(self, timeout: float | None = None) -> dict | None:
+        """The server's next line, or None when ``timeout`` seconds pass without one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.server.stdout.fileno()
+        while b"\n" not in self.pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"tests/warm_python.py ended (exit {self.server.wait()})")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, argv: list[str], *, cwd: str, input: str | None, timeout: float, env: dict):
+        import signal
+
+        paths = {name: self.folder / name for name in ("stdin", "stdout", "stderr")}
+        paths["stdin"].write_text(input or "", encoding="utf-8")
+        for name in ("stdout", "stderr"):
+            paths[name].write_bytes(b"")
+        request = {"argv": argv, "cwd": cwd, "env": env, **{k: str(v) for k, v in paths.items()}}
+        self.server.stdin.write(json.dumps(request).encode() + b"\n")
+        self.server.stdin.flush()
+        pid = self._answer()["pid"]
+        answer = self._answer(timeout)
+        if answer is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            self._answer()
+            raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
+
+        def text(name: str) -> str:  # as subprocess.run(text=True) decodes and translates newlines
+            return paths[name].read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+        return subprocess.CompletedProcess([sys.executable, *argv], answer["returncode"], text("stdout"),
+                                           text("stderr"))
+
+    def close(self) -> None:
+        if self.server.poll() is None:
+            self.server.stdin.close()
+            self.server.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_WARM: list[WarmPython] = []
+
+
+def _start_warm_python() -> None:
+    if not _WARM and os.environ.get("R1_SFT_TEST_FRESH_PYTHON") != "1":
+        _WARM.append(WarmPython({**os.environ, "PYTHONUNBUFFERED": "1"}))
+        atexit.register(_WARM[0].close)
+
+
+def _warm_python(env: dict) -> WarmPython | None:
+    """This worker's warm Python (started on first use); None where a fresh interpreter must run the script."""
+    _start_warm_python()
+    return _WARM[0] if _WARM and _WARM[0].accepts(env) else None
+
+
+def pytest_sessionstart(session):
+    """Start the warm Python while the first tests collect and run (it takes a few seconds to import); not in
+    pytest-xdist's controller, which runs no test."""
+    config = session.config
+    if not config.option.collectonly and (config.getoption("dist", "no") == "no" or hasattr(config, "workerinput")):
+        _start_warm_python()
 
 
 @functools.cache
