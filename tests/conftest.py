@@ -53,8 +53,10 @@ def run_script(script: str, *args: str, cwd: str | Path | None = None, input: st
 class WarmPython:
     """The client of one tests/warm_python.py server: one script run at a time, as ``subprocess.run``."""
 
-    # Variables that differ from run to run and that no library reads at import time.
-    PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"})
+    # Variables that differ from run to run and that no preloaded library reads at import time (modelscope,
+    # whose variables the download tests set, is not preloaded).
+    PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE",
+                         "MODELSCOPE_DOMAIN"})
 
     def __init__(self, env: dict):
         self.folder = Path(tempfile.mkdtemp(prefix="warm_python_"))
