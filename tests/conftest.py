@@ -14,6 +14,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,33 +51,62 @@ def run_script(script: str, *args: str, cwd: str | Path | None = None, input: st
     return proc
 
 
-class WarmPython:
-    """The client of one tests/warm_python.py server: one script run at a time, as ``subprocess.run``."""
+class ScriptRun:
+    """A stage script started by :func:`start_script`: ``pid``, ``running()``, ``kill()``, ``wait()``."""
 
-    # Variables that differ from run to run and that no preloaded library reads at import time (modelscope,
-    # whose variables the download tests set, is not preloaded).
-    PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE",
-                         "MODELSCOPE_DOMAIN"})
+    def __init__(self, script: str, *args, cwd=None, env: dict | None = None):
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        argv = [str(REPO / script), *map(str, args)]
+        self.warm = _warm_python(full_env)
+        if self.warm is not None:
+            self.pid = self.warm.start(argv, cwd=str(cwd or REPO), input=None, env=full_env)
+        else:
+            self.proc = subprocess.Popen([sys.executable, *argv], cwd=cwd or REPO, env=full_env, text=True,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.pid = self.proc.pid
+
+    def running(self) -> bool:
+        return self.warm.running() if self.warm is not None else self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as a crash or an out-of-memory kill would end it (nothing if it has ended)."""
+        if self.running():
+            os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float = 600) -> subprocess.CompletedProcess:
+        if self.warm is not None:
+            return self.warm.finish(timeout)
+        stdout, stderr = self.proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, stdout, stderr)
+
+
+def start_script(script: str, *args, cwd=None, env: dict | None = None) -> ScriptRun:
+    """Start a stage script and return at once (as ``subprocess.Popen``), through the warm Python where it can."""
+    return ScriptRun(script, *args, cwd=cwd, env=env)
+
+
+class WarmPython:
+    """The client of one tests/warm_python.py server: one script run at a time, as ``subprocess.run``; its
+    socket serves tests/warm_client.py (torchrun's workers, bench/gpu_check.sh's steps) at the same time."""
 
     def __init__(self, env: dict):
         self.folder = Path(tempfile.mkdtemp(prefix="warm_python_"))
-        self.server = subprocess.Popen([sys.executable, str(REPO / "tests" / "warm_python.py")], cwd=REPO, env=env,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.socket = self.folder / "socket"
+        self.server = subprocess.Popen([sys.executable, str(REPO / "tests" / "warm_python.py"), str(self.socket)],
+                                       cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.pending = b""
         self.env: dict | None = None  # the server's, once its imports are done
         self.set_by_import: dict = {}
 
     def accepts(self, env: dict) -> bool:
-        """True when ``env`` is the server's own: as it started, or with what importing r1_sft set (the run's
-        own import of r1_sft sets the same)."""
+        """True when a run with ``env`` may fork from the server (tests/warm_python.py's ``accepts``)."""
+        import warm_python
+
         if self.env is None:
             ready = self._answer()
-            self.env, self.set_by_import = ready["started"], {
-                k: v for k, v in ready["env"].items() if ready["started"].get(k) != v}
-        keys = (env.keys() | self.env.keys()) - self.PER_RUN
-        return self.server.poll() is None and all(
-            env.get(k) == self.env.get(k) or (k in self.set_by_import and env[k] == self.set_by_import[k])
-            for k in keys)
+            self.env = ready["started"]
+            self.set_by_import = {k: v for k, v in ready["env"].items() if self.env.get(k) != v}
+        return self.server.poll() is None and warm_python.accepts(env, self.env, self.set_by_import)
 
     def _answer(self, timeout: float | None = None) -> dict | None:
         """The server's next line, or None when ``timeout`` seconds pass without one."""
@@ -93,35 +123,68 @@ class WarmPython:
         line, self.pending = self.pending.split(b"\n", 1)
         return json.loads(line)
 
-    def run(self, argv: list[str], *, cwd: str, input: str | None, timeout: float, env: dict):
-        import signal
-
-        paths = {name: self.folder / name for name in ("stdin", "stdout", "stderr")}
-        paths["stdin"].write_text(input or "", encoding="utf-8")
+    def start(self, argv: list[str], *, cwd: str, input: str | None, env: dict) -> int:
+        """Start a run; returns its pid. :meth:`finish` must collect it before the next run starts."""
+        self.paths = {name: self.folder / name for name in ("stdin", "stdout", "stderr")}
+        self.paths["stdin"].write_text(input or "", encoding="utf-8")
         for name in ("stdout", "stderr"):
-            paths[name].write_bytes(b"")
-        request = {"argv": argv, "cwd": cwd, "env": env, **{k: str(v) for k, v in paths.items()}}
+            self.paths[name].write_bytes(b"")
+        request = {"argv": argv, "cwd": cwd, "env": env, **{k: str(v) for k, v in self.paths.items()}}
         self.server.stdin.write(json.dumps(request).encode() + b"\n")
         self.server.stdin.flush()
-        pid = self._answer()["pid"]
+        self.argv, self.pid = argv, self._answer()["pid"]
+        return self.pid
+
+    def finish(self, timeout: float | None):
+        """The started run's CompletedProcess; on ``timeout`` it is killed and TimeoutExpired raised."""
         answer = self._answer(timeout)
         if answer is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
             self._answer()
-            raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
+            raise subprocess.TimeoutExpired([sys.executable, *self.argv], timeout)
 
         def text(name: str) -> str:  # as subprocess.run(text=True) decodes and translates newlines
-            return paths[name].read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+            return self.paths[name].read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
-        return subprocess.CompletedProcess([sys.executable, *argv], answer["returncode"], text("stdout"),
+        return subprocess.CompletedProcess([sys.executable, *self.argv], answer["returncode"], text("stdout"),
                                            text("stderr"))
+
+    def run(self, argv: list[str], *, cwd: str, input: str | None, timeout: float, env: dict):
+        self.start(argv, cwd=cwd, input=input, env=env)
+        return self.finish(timeout)
+
+    def running(self) -> bool:
+        """Whether the started run is still going (its end is not yet reported)."""
+        if b"\n" in self.pending:
+            return False
+        return not select.select([self.server.stdout.fileno()], [], [], 0)[0]
 
     def close(self) -> None:
         if self.server.poll() is None:
             self.server.stdin.close()
             self.server.wait(timeout=30)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+WARM_CLIENT = REPO / "tests" / "warm_client.py"
+
+
+def warm_python_command() -> Path:
+    """A program that runs ``SCRIPT ARGS`` as this Python would, through tests/warm_client.py (for a shell
+    script's ``$PYTHON``): this interpreter itself, not one a ``python3`` on PATH would find."""
+    warm = _warm_python({**os.environ, "PYTHONUNBUFFERED": "1"})
+    path = Path(warm.folder if warm else tempfile.mkdtemp(prefix="warm_python_")) / "python"
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{WARM_CLIENT}" "$@"\n', encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def warm_client_env() -> dict:
+    """The variables that let tests/warm_client.py (``python tests/warm_client.py SCRIPT ARGS``, or the file run
+    as a program) reach this worker's warm Python; without them it runs a fresh interpreter."""
+    warm = _warm_python({**os.environ, "PYTHONUNBUFFERED": "1"})
+    return {"R1_SFT_WARM_EXE": sys.executable, **({"R1_SFT_WARM_SOCKET": str(warm.socket)} if warm else {})}
 
 
 _WARM: list[WarmPython] = []

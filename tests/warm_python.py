@@ -10,13 +10,18 @@ The server first imports the ``r1_sft`` package alone, as every stage script doe
 (it silences library chatter and sets the variables the libraries read at import), then the libraries;
 the project's modules are imported afresh by every run. The server says its environment once ready; a
 run whose environment differs from it (a variable read at import time would be stale) goes to a fresh
-interpreter instead, and so do launchers (torchrun, bash) and runs that a test kills or signals.
+interpreter instead. What a library prints while it is imported goes to the server's stderr, not to the
+run's, so the tests of a run's whole output (tests/model/test_models.py's chatter test, the log-file test
+of tests/training/test_training_checks.py, the notebook, the plain torchrun command) start fresh
+interpreters on purpose.
 
-Protocol, one JSON object per line: the server says ``{"started", "env"}`` (its environment before and
-after its imports) once they are done; the client
-writes ``{"argv", "cwd", "env", "stdin", "stdout", "stderr"}`` (the last three are file paths), the
-server answers ``{"pid"}`` once the child exists and ``{"returncode"}`` when it has ended (negative:
-killed by that signal, as subprocess reports it).
+Protocol on the server's stdin and stdout, one JSON object per line: the server says ``{"started", "env"}``
+(its environment before and after its imports) once they are done; the client writes ``{"argv", "cwd",
+"env", "stdin", "stdout", "stderr"}`` (the last three are file paths), the server answers ``{"pid"}`` once
+the child exists and ``{"returncode"}`` when it has ended (negative: killed by that signal, as subprocess
+reports it). On the Unix socket named by the first argument, tests/warm_client.py sends ``{"argv", "cwd",
+"env"}`` with its own stdin, stdout and stderr, and gets the same two answers (or ``{"fresh": true}``:
+run it in a new interpreter); many such runs go at once (torchrun's workers).
 """
 from __future__ import annotations
 
@@ -60,8 +65,9 @@ def _preload() -> None:
                 pass
 
 
-def _child(request: dict) -> None:
-    """In the forked child: become ``python argv[0] argv[1:]`` and never return."""
+def _child(request: dict, fds: list[int] | None = None) -> None:
+    """In the forked child: become ``python argv[0] argv[1:]`` and never return. Its stdin, stdout and
+    stderr: ``fds`` (a socket client's own), else the request's files."""
     import atexit
     import runpy
     import threading
@@ -69,10 +75,12 @@ def _child(request: dict) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # its own process group: a timeout kills the script and whatever it started
-        for fd, path, mode in ((0, request["stdin"], os.O_RDONLY), (1, request["stdout"], os.O_WRONLY),
-                               (2, request["stderr"], os.O_WRONLY)):
-            new = os.open(path, mode)
+        if fds is None:
+            fds = [os.open(request["stdin"], os.O_RDONLY), os.open(request["stdout"], os.O_WRONLY),
+                   os.open(request["stderr"], os.O_WRONLY)]
+        for fd, new in enumerate(fds):
             os.dup2(new, fd)
+        for new in set(fds) - {0, 1, 2}:
             os.close(new)
         # A fresh stdin reader: the server's one may hold what it read ahead from the request pipe.
         sys.stdin = os.fdopen(0, "r", encoding=sys.stdin.encoding, errors=sys.stdin.errors, closefd=False)
@@ -110,20 +118,106 @@ def _child(request: dict) -> None:
         os._exit(code)
 
 
-def serve() -> None:
+# Variables that may differ between the server and a run because no preloaded library reads them at import
+# time: pytest's per-test name, the client's own, torchrun's per-worker ones, gpu_check.sh's, a shell's, and
+# modelscope's (modelscope is not preloaded: the download tests set them).
+PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "R1_SFT_WARM_SOCKET", "R1_SFT_WARM_EXE",
+                     "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "MODELSCOPE_DOMAIN",
+                     "LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
+                     "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OUT", "WORK", "PYTHON",
+                     "PWD", "OLDPWD", "SHLVL", "_"})  # the last four: what every shell sets
+PER_RUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_")
+
+
+def accepts(env: dict, started: dict, set_by_import: dict) -> bool:
+    """Whether a run with ``env`` may fork from a server that started with ``started`` (and whose import of
+    r1_sft set ``set_by_import``: the run's own import of r1_sft sets the same)."""
+    for key in env.keys() | started.keys():
+        if key in PER_RUN or key.startswith(PER_RUN_PREFIXES) or env.get(key) == started.get(key):
+            continue
+        if key in set_by_import and env.get(key) == set_by_import[key]:
+            continue
+        return False
+    return True
+
+
+def _say(fd: int, message: dict) -> None:
+    os.write(fd, json.dumps(message).encode() + b"\n")
+
+
+def _handle_client(conn, started: dict, set_by_import: dict) -> None:
+    """A socket client (tests/warm_client.py): fork its script on the client's own stdio, report, never return."""
+    import socket
+
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)  # the server's request pipe and answer pipe are not this handler's
+    os.dup2(devnull, 1)
+    data, fds, _, _ = socket.recv_fds(conn, 1 << 22, 3)
+    while not data.endswith(b"\n"):
+        data += conn.recv(1 << 22)
+    request = json.loads(data)
+    if len(fds) != 3 or not accepts(request["env"], started, set_by_import):
+        if os.environ.get("R1_SFT_WARM_DEBUG") == "1":
+            env = request["env"]
+            print("warm_python: fresh interpreter for", request["argv"][:1], "differing:",
+                  sorted(k for k in env.keys() | started.keys() if env.get(k) != started.get(k)), file=sys.stderr)
+        conn.sendall(json.dumps({"fresh": True}).encode() + b"\n")
+        os._exit(0)
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _child(request, fds)
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    _, status = os.waitpid(pid, 0)
+    conn.sendall(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+    os._exit(0)
+
+
+def serve(socket_path: str | None = None) -> None:
+    import select
+    import socket
+
     started = dict(os.environ)
     _preload()
-    requests, answers = sys.stdin, sys.stdout
-    print(json.dumps({"started": started, "env": dict(os.environ)}), file=answers, flush=True)
-    for line in requests:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _child(request)
-        print(json.dumps({"pid": pid}), file=answers, flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}), file=answers, flush=True)
+    set_by_import = {k: v for k, v in os.environ.items() if started.get(k) != v}
+    listener = None
+    if socket_path:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(socket_path)
+        listener.listen(64)
+    _say(1, {"started": started, "env": dict(os.environ)})
+    pending = b""
+    while True:
+        ready = select.select([0] + ([listener] if listener else []), [], [])[0]
+        if listener is not None and listener in ready:
+            conn, _ = listener.accept()
+            middle = os.fork()
+            if middle == 0:  # double fork: the handler is nobody's child to wait for
+                listener.close()
+                if os.fork() == 0:
+                    _handle_client(conn, started, set_by_import)
+                os._exit(0)
+            conn.close()
+            os.waitpid(middle, 0)
+        if 0 not in ready:
+            continue
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            pid = os.fork()
+            if pid == 0:
+                if listener is not None:
+                    listener.close()
+                _child(json.loads(line))
+            _say(1, {"pid": pid})
+            _, status = os.waitpid(pid, 0)
+            _say(1, {"returncode": os.waitstatus_to_exitcode(status)})
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, WARM_CLIENT, run_script, warm_client_env
 
 SCRIPT = REPO / "scripts" / "evaluate_model.py"
 SFT_VAL = REPO / "tests" / "fixtures" / "eval_sft_val.jsonl"
@@ -23,11 +23,18 @@ FILES = ("predictions.jsonl", "summary.json", "report.md", "report.csv")
 
 
 def _evaluate(launcher: list[str], tiny_model_dir, out, decoding: list[str]) -> subprocess.CompletedProcess:
-    cmd = [*launcher, str(SCRIPT), "--base_model", str(tiny_model_dir), "--adapter", "", "--data", str(SFT_VAL),
-           "--num_samples", "5", "--batch_size", "2", "--max_new_tokens", "16", *decoding,
-           "--output_dir", str(out), "--run_name", "run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
+    """``launcher`` [] runs the script in one process (conftest.run_script), else under that launcher."""
+    args = ["--base_model", str(tiny_model_dir), "--adapter", "", "--data", str(SFT_VAL),
+            "--num_samples", "5", "--batch_size", "2", "--max_new_tokens", "16", *decoding,
+            "--output_dir", str(out), "--run_name", "run"]
+    env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if not launcher:
+        proc = run_script(SCRIPT, *args, cwd=out.parent, env=env)
+    else:  # sampled: torchrun's workers are forks of the warm Python (tests/warm_client.py); greedy: plain
+        warm = "--n_samples" in decoding
+        proc = subprocess.run([*launcher, *([str(WARM_CLIENT)] if warm else []), str(SCRIPT), *args], cwd=out.parent,
+                              env={**os.environ, **env, **(warm_client_env() if warm else {})},
+                              capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -47,7 +54,7 @@ def _without_speed(path) -> str:
 def test_two_process_report_equals_the_one_process_report(tiny_model_dir, tmp_path, decoding):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    _evaluate([sys.executable], tiny_model_dir, one, decoding)
+    _evaluate([], tiny_model_dir, one, decoding)
     proc = _evaluate([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
                      tiny_model_dir, two, decoding)
     for name in FILES:

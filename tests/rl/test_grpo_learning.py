@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, WARM_CLIENT, warm_client_env
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -138,8 +138,9 @@ def test_two_processes_give_the_first_step_of_one(warm_model, tmp_path, one_thre
     one = next(h for h in result.log_history if "reward" in h)
     flags = _command_line(_first_step_flags(warm_model, tmp_path / "two", 16))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(REPO / "scripts" / "train_grpo.py"), *flags], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD})
+                           WARM_CLIENT, REPO / "scripts" / "train_grpo.py", *flags], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD,
+                                                       **warm_client_env()})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     history = (tmp_path / "two" / "grpo" / "training_logs" / "log_history.jsonl").read_text(encoding="utf-8")
     two = next(h for h in map(json.loads, history.splitlines()) if "reward" in h)

@@ -22,6 +22,8 @@ from r1_sft.model.loading import load_model
 from r1_sft.r1_format import encode_example
 from r1_sft.training.loss import model_loss
 
+from conftest import WARM_CLIENT, warm_client_env
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = "tests/fixtures/sft_tiny_train.jsonl"
 VAL = "tests/fixtures/sft_tiny_val.jsonl"
@@ -30,20 +32,23 @@ PROCESSES, BATCH, STEPS, VAL_RECORDS = 2, 2, 3, 7
 EVAL_TOLERANCE = 1e-4
 
 
-def torchrun_train(tiny_model_dir: Path, tmp_path: Path, *extra: str) -> tuple[Path, Path]:
-    """The documented command, run from another folder; returns (output folder, validation file)."""
+def torchrun_train(tiny_model_dir: Path, tmp_path: Path, *extra: str, warm: bool = False) -> tuple[Path, Path]:
+    """The documented command, run from another folder; returns (output folder, validation file).
+
+    ``warm``: torchrun starts its workers as ``tests/warm_client.py SCRIPT`` (forks of the test worker's warm
+    Python: the same script, the same environment, without importing the libraries twice more)."""
     out, val = tmp_path / "lora", tmp_path / "val7.jsonl"
     lines = (REPO / VAL).read_text(encoding="utf-8").splitlines()[:VAL_RECORDS]
     val.write_text("\n".join(lines) + "\n", encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(PROCESSES),
-           str(REPO / "scripts/train_stf_r1_train_val.py"),
+           *([str(WARM_CLIENT)] if warm else []), str(REPO / "scripts/train_stf_r1_train_val.py"),
            "--model_path", str(tiny_model_dir), "--train_file", str(REPO / TRAIN), "--val_file", str(val),
            "--output_dir", str(out),
            "--max_steps", str(STEPS), "--eval_steps", "1", "--save_steps", "1", "--logging_steps", "1",
            "--per_device_train_batch_size", str(BATCH), "--gradient_accumulation_steps", "1",
            "--max_length", "256", "--seed", "7", *extra]
     # OMP_NUM_THREADS=1 keeps two processes on two cores.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(warm_client_env() if warm else {})}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return out, val
@@ -104,5 +109,5 @@ def test_torchrun_two_process_ddp_trains_and_writes_the_adapter(tiny_model_dir, 
 
 def test_torchrun_eval_loss_on_the_stock_loss_equals_one_process(tiny_model_dir, tmp_path):
     """The stock loss path (--loss_chunk_tokens 0; Liger takes the same path on CUDA) on uneven ranks."""
-    out, val = torchrun_train(tiny_model_dir, tmp_path, "--loss_chunk_tokens", "0", "--no_use_4bit")
+    out, val = torchrun_train(tiny_model_dir, tmp_path, "--loss_chunk_tokens", "0", "--no_use_4bit", warm=True)
     assert_eval_losses_match_one_process(out, val, use_4bit=False)

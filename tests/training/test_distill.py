@@ -7,10 +7,7 @@ mechanics (loss, memory, batch layouts, refusal, direction of training), not tha
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -27,7 +24,7 @@ from r1_sft.training.encoding import encode_dataset, load_sft_records
 from r1_sft.training.loss import chunked_loss, model_loss
 from r1_sft.training.trainer import SFTTrainer
 
-from conftest import REPO, run_script, script_config
+from conftest import run_script, script_config
 
 SCRIPT = "scripts/train_distill.py"
 TRAIN = "tests/fixtures/sft_tiny_train.jsonl"
@@ -220,33 +217,25 @@ def _small_bpe_tokenizer():
 
 # ----------------------------------------------------------------------------- the script
 
-def _start_training(tiny_model_dir, teacher_dir, out, lambda_kl) -> subprocess.Popen:
-    """The real script, started in the background (the two runs of a comparison go side by side)."""
+def _train(tiny_model_dir, teacher_dir, out, lambda_kl) -> tuple[str, list[dict]]:
+    """The real script; returns its output and its log history."""
     args = ["--model_path", tiny_model_dir, "--teacher_model_path", teacher_dir, "--use_teacher_logits",
             "--lambda_kl", lambda_kl, "--train_file", TRAIN, "--val_file", VAL, "--output_dir", out,
             "--max_steps", 4, "--eval_steps", 2, "--save_steps", 2, "--logging_steps", 1,
             "--per_device_train_batch_size", 4, "--gradient_accumulation_steps", 1, "--learning_rate", 3e-3,
             "--max_length", 256, "--kd_chunk_tokens", 64, "--seed", 7,
             "--no_use_4bit", "--no_gradient_checkpointing"]  # the SFT tests cover those; the teacher stays 4-bit
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / SCRIPT), *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _finish(proc: subprocess.Popen, out) -> tuple[str, list[dict]]:
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-4000:]
-    return output, [json.loads(line) for line in (out / "training_logs/log_history.jsonl").read_text().splitlines()]
+    proc = run_script(SCRIPT, *args, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, [json.loads(line) for line in (out / "training_logs/log_history.jsonl").read_text().splitlines()]
 
 
 def test_kl_to_the_teacher_falls_faster_with_lambda_one(tiny_model_dir, teacher_dir, tmp_path):
     """Both runs start from the same student (same seed; LoRA starts as the identity, so the same initial KL), train
     4 steps on the same batches against the same 4-bit teacher (the default), and evaluate on held-out data at
     steps 2 and 4."""
-    runs = {lam: _start_training(tiny_model_dir, teacher_dir, tmp_path / name, lam)
-            for lam, name in ((1.0, "kd"), (0.0, "sft"))}
-    stdout, kd = _finish(runs[1.0], tmp_path / "kd")
-    _, sft = _finish(runs[0.0], tmp_path / "sft")
+    stdout, kd = _train(tiny_model_dir, teacher_dir, tmp_path / "kd", 1.0)
+    _, sft = _train(tiny_model_dir, teacher_dir, tmp_path / "sft", 0.0)
     assert "token-level: loss = 0·CE + 1·1²·KL(teacher ‖ student)" in stdout
     loaded = [line for line in stdout.splitlines() if line.startswith("[model] loaded")]
     assert teacher_dir.name in loaded[0] and "4-bit NF4" in loaded[0]  # the teacher, first, in 4-bit (default)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, warm_client_env, warm_python_command
 
 KEYS = {"method", "loss", "batching", "collator", "sampling", "attn_implementation", "precision", "timed_steps",
         "real_tokens", "computed_tokens", "padding_fraction", "seconds", "tokens_per_s", "flops_per_token",
@@ -36,7 +36,8 @@ def gpu_check(tmp_path_factory):
     out, work = tmp_path_factory.mktemp("gpu_check_out"), tmp_path_factory.mktemp("gpu_check_work")
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--smoke"], cwd=REPO, capture_output=True,
                           text=True, timeout=1200,
-                          env={**os.environ, "OUT": str(out), "WORK": str(work), "PYTHON": sys.executable})
+                          env={**os.environ, "OUT": str(out), "WORK": str(work), "PYTHON": str(warm_python_command()),
+                               **warm_client_env()})  # its Python steps: forks of the warm Python
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, work, proc.stdout
 

@@ -7,10 +7,7 @@ killed with SIGKILL after a checkpoint and resumed, which must equal the uninter
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from r1_sft.training.outputs import complete_checkpoints
 from r1_sft.training.run import run_training
 from r1_sft.training.trainer import EpochSeededSampler
 
-from conftest import REPO, run_script, sft_config
+from conftest import REPO, run_script, sft_config, start_script
 
 SCRIPT = "scripts/train_stf_r1_train_val.py"
 TRAIN = REPO / "tests/fixtures/sft_tiny_train.jsonl"  # 24 records -> 6 steps per epoch at batch 4
@@ -237,16 +234,14 @@ def test_rerun_without_resume_refuses_to_mix_runs(trained_run, tiny_model_dir):
 
 def test_killed_run_resumes_to_the_same_adapter(trained_run, tiny_model_dir, tmp_path):
     out = tmp_path / "lora"
-    cmd = [sys.executable, str(REPO / SCRIPT), *train_args(tiny_model_dir, out)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    run = start_script(SCRIPT, *train_args(tiny_model_dir, out), cwd=tmp_path, env=ENV)
     # Kill (SIGKILL, no clean-up) as soon as a checkpoint inside the second epoch is complete.
     marker = out / "checkpoint-8" / "trainer_state.json"
     deadline = time.monotonic() + 600
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not marker.exists() and run.running() and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    run.kill()
+    assert run.wait().returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (out / "final_model").exists()
 
     resumed = run_script(SCRIPT, *train_args(tiny_model_dir, out, "--resume"), cwd=tmp_path, env=ENV)
