@@ -65,6 +65,27 @@ def _preload() -> None:
                 pass
 
 
+_SERVER_PYTHONPATH = os.environ.get("PYTHONPATH", "")  # as the server started (a child changes os.environ)
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+
+
+def _extra_python_path(value: str, server: str) -> list[str]:
+    """The folders of a run's PYTHONPATH ``value`` that the server's (``server``) lacks."""
+    known = set(filter(None, server.split(os.pathsep)))
+    return [os.path.abspath(p) for p in value.split(os.pathsep) if p and p not in known]
+
+
+def _add_python_path(value: str, server: str) -> None:
+    """What site does at start-up with PYTHONPATH: its folders after the script's, then their sitecustomize."""
+    extra = _extra_python_path(value, server)
+    sys.path[1:1] = [p for p in extra if p not in sys.path]
+    if any(os.path.isfile(os.path.join(p, "sitecustomize.py")) for p in extra):
+        import importlib
+
+        importlib.import_module("sitecustomize")
+
+
 def _child(request: dict, fds: list[int] | None = None) -> None:
     """In the forked child: become ``python argv[0] argv[1:]`` and never return. Its stdin, stdout and
     stderr: ``fds`` (a socket client's own), else the request's files."""
@@ -90,6 +111,7 @@ def _child(request: dict, fds: list[int] | None = None) -> None:
         script = os.path.abspath(request["argv"][0])
         sys.argv = list(request["argv"])
         sys.path[0] = os.path.dirname(script)
+        _add_python_path(request["env"].get("PYTHONPATH", ""), _SERVER_PYTHONPATH)
         try:
             runpy.run_path(script, run_name="__main__")
             code = 0
@@ -125,7 +147,7 @@ PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "R1_SFT_W
                      "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "MODELSCOPE_DOMAIN",
                      "LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
                      "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OUT", "WORK", "PYTHON",
-                     "PWD", "OLDPWD", "SHLVL", "_"})  # the last four: what every shell sets
+                     "PWD", "OLDPWD", "SHLVL", "_", "R1_SFT_TEST_CPU_FSDP"})  # PWD..._: what every shell sets
 PER_RUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_")
 
 
@@ -135,6 +157,9 @@ def accepts(env: dict, started: dict, set_by_import: dict) -> bool:
     for key in env.keys() | started.keys():
         if key in PER_RUN or key.startswith(PER_RUN_PREFIXES) or env.get(key) == started.get(key):
             continue
+        extra = _extra_python_path(env.get(key) or "", started.get(key) or "") if key == "PYTHONPATH" else None
+        if extra is not None and all(p == REPO or p.startswith(TESTS + os.sep) for p in extra):
+            continue  # the repository or a test shim (tests/cpu_fsdp): added in the child as site would
         if key in set_by_import and env.get(key) == set_by_import[key]:
             continue
         return False

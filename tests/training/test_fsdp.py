@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_script
+from conftest import REPO, WARM_CLIENT, run_script, warm_client_env
 
 SCRIPT = REPO / "scripts/train_stf_r1_train_val.py"
 STEPS = 3
@@ -50,9 +50,11 @@ def common(tiny_model_dir: Path, tmp_path: Path) -> list[str]:
 
 
 def torchrun(args: list[str], cwd: Path, config: str = "fsdp2_lora.json") -> subprocess.CompletedProcess:
+    # torchrun's workers are forks of the test worker's warm Python (tests/warm_client.py), which adds
+    # PYTHONPATH and runs the shim's sitecustomize as a new interpreter's start-up would.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "R1_SFT_TEST_CPU_FSDP": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests/cpu_fsdp"), str(REPO)])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPT),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests/cpu_fsdp"), str(REPO)]), **warm_client_env()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(WARM_CLIENT), str(SCRIPT),
            "--fsdp_config", str(REPO / "configs" / config), "--per_device_train_batch_size", "2", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
