@@ -77,7 +77,8 @@ $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 
 # The suite in two parts: while one core builds the stand-in (the real command, as `make demo` does; then
 # reused), the other installs the browser and runs the tests that need no model; then both cores run the
-# tests that need it.
+# tests that need it. Each pytest worker runs the stage scripts in forks of one Python that has imported
+# the libraries (tests/warm_python.py); R1_SFT_TEST_FRESH_PYTHON=1 starts a new interpreter for every run.
 test: install
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-without-model $(TINY)/config.json
 	R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --stand-in only
