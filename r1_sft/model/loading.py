@@ -33,7 +33,8 @@ def from_pretrained_kwargs(plan: RunPlan, *, shard_4bit: bool = False) -> dict:
     return kwargs
 
 
-def load_model(plan: RunPlan | str | Path, *, shard_4bit: bool = False, base_only: bool = False, **plan_options):
+def load_model(plan: RunPlan | str | Path, *, shard_4bit: bool = False, base_only: bool = False, tokenizer=None,
+               **plan_options):
     """Load what ``plan`` says; returns ``(model, tokenizer)``.
 
     ``plan``: a :class:`RunPlan`, or a folder for which one is made here (``plan_options`` go to
@@ -41,7 +42,8 @@ def load_model(plan: RunPlan | str | Path, *, shard_4bit: bool = False, base_onl
     An adapter folder loads its base, then the adapter on top (a PeftModel, trainable only when
     training) unless ``base_only``. ``use_4bit``: NF4 with double quantization through bitsandbytes
     (``shard_4bit``: stored in the compute dtype, for FSDP). The tokenizer is padded left for
-    generation, right for training; the model is in eval mode unless training.
+    generation, right for training (``tokenizer``: the folder's, when the caller has loaded it already:
+    R1's 151,665-token tokenizer takes about half a second to load); the model is in eval mode unless training.
     """
     from transformers import AutoModelForCausalLM
 
@@ -62,7 +64,10 @@ def load_model(plan: RunPlan | str | Path, *, shard_4bit: bool = False, base_onl
         model.train()
     else:
         model.eval()
-    tokenizer = load_tokenizer(folder, padding_side="right" if plan.for_training else "left")
+    padding_side = "right" if plan.for_training else "left"
+    if tokenizer is None:
+        tokenizer = load_tokenizer(folder, padding_side=padding_side)
+    tokenizer.padding_side = padding_side
     quant = ", 4-bit NF4" if plan.use_4bit else ""
     what = (f"LoRA adapter {display_path(folder.adapter_path)} on base {display_path(folder.base_path)}"
             if folder.adapter_path and not base_only else

@@ -9,7 +9,7 @@ def target_modules(spec: str) -> str | list[str]:
     return spec if spec == "all-linear" else [name.strip() for name in spec.split(",") if name.strip()]
 
 
-def setup_lora_model(cfg, plan):
+def setup_lora_model(cfg, plan, tokenizer=None):
     """Load the base (4-bit NF4 when ``use_4bit``), freeze it, add LoRA adapters; returns ``(peft_model, tokenizer)``.
 
     The frozen base keeps its dtype: peft's ``prepare_model_for_kbit_training`` would upcast every
@@ -22,14 +22,15 @@ def setup_lora_model(cfg, plan):
 
     ``cfg``: any settings object with ``gradient_checkpointing`` and the ``lora_*`` fields
     (``TrainConfig``, GRPO's config); ``plan``: the run's :class:`~r1_sft.model.plan.RunPlan`
-    (folder, device, precision, 4-bit), made once for training.
+    (folder, device, precision, 4-bit), made once for training; ``tokenizer``: the run's, if loaded already.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from r1_sft.model.loading import load_model
 
     folder = plan.folder
-    model, tokenizer = load_model(plan, base_only=True, shard_4bit=bool(getattr(cfg, "fsdp_config", "")))
+    model, tokenizer = load_model(plan, base_only=True, shard_4bit=bool(getattr(cfg, "fsdp_config", "")),
+                                  tokenizer=tokenizer)
     model.requires_grad_(False)
     if cfg.gradient_checkpointing:
         # transformers also hooks the frozen embeddings to output tensors that require grad (checkpointed

@@ -231,7 +231,7 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
         clear_output_dir(output_dir)
 
     set_seed(cfg.seed)  # before the LoRA weights are initialised
-    model, tokenizer = setup_lora_model(cfg, plan)
+    model, tokenizer = setup_lora_model(cfg, plan, tokenizer)
     collator, sampling_strategy = make_collator(tokenizer, model)
     args = build_training_args(cfg, plan, output_dir, sampling_strategy, schedule)
     if is_main:

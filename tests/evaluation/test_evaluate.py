@@ -469,15 +469,15 @@ def test_tuned_tiny_model_follows_the_format_its_base_never_saw(tiny_model_dir, 
     lm_head is among the LoRA targets: the tiny model never met ``</think>`` in pre-training, so its
     output row is untrained and adapters on the hidden layers alone rarely make it win (the real R1
     knows the token). Without lm_head the tuned model wrote a random token where ``</think>`` belongs.
-    30 steps: on the stand-in pre-trained 2,000 steps this gave think_closed 0.83 and eos 1.00 vs 0.00
-    and 0.00 for the base (the 500-step stand-in needed 60 steps).
+    20 steps: on the stand-in pre-trained 2,000 steps this gave think_closed 0.83, eos 1.00 and ROUGE-1
+    0.18 vs 0.00, 0.00 and 0.00 for the base, as 30 steps did (the 500-step stand-in needed 60 steps).
     """
     train = run_script("scripts/train_stf_r1_train_val.py", "--model_path", tiny_model_dir,
                        "--train_file", REPO / "tests/fixtures/sft_tiny_train.jsonl",
                        "--val_file", REPO / "tests/fixtures/sft_tiny_val.jsonl", "--output_dir", tmp_path / "lora",
-                       "--max_steps", "30", "--learning_rate", "1e-2", "--per_device_train_batch_size", "8",
-                       "--gradient_accumulation_steps", "1", "--eval_steps", "15", "--save_steps", "15",
-                       "--logging_steps", "15", "--max_length", "512", "--no_gradient_checkpointing",
+                       "--max_steps", "20", "--learning_rate", "1e-2", "--per_device_train_batch_size", "8",
+                       "--gradient_accumulation_steps", "1", "--eval_steps", "10", "--save_steps", "10",
+                       "--logging_steps", "10", "--max_length", "512", "--no_gradient_checkpointing",
                        "--early_stopping_patience", "0",
                        "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head",
                        env=ONE_THREAD)
