@@ -293,13 +293,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 # loadfile mode hands whole files to the two workers in collection order, so the long end-to-end
 # files start early and the short ones fill in, and both workers finish together.
 SLOW_FILES = (
-    "training/test_precision_runs.py", "training/test_training.py", "evaluation/test_evaluate.py", "rl/test_grpo.py",
-    "training/test_fsdp.py", "inference/test_web_page.py", "training/test_first_run.py",
-    "training/test_lm_head_lora.py", "rl/test_grpo_learning.py", "training/test_distill.py", "training/test_loss.py",
-    "training/test_ddp.py", "inference/test_chat.py", "model/test_models.py", "shared/test_notebook.py",
-    "training/test_guard.py", "training/test_memory_estimate.py", "inference/test_serve.py",
-    "evaluation/test_evaluate_ddp.py", "training/test_no_full_logits.py", "evaluation/test_report_html.py",
-    "inference/test_qlora_base.py", "training/test_plan.py", "evaluation/test_statistics.py",
+    "training/test_training.py", "training/test_precision_runs.py", "rl/test_grpo.py", "evaluation/test_evaluate.py",
+    "rl/test_grpo_learning.py", "model/test_models.py", "training/test_distill.py", "training/test_fsdp.py",
+    "shared/test_notebook.py", "training/test_memory_estimate.py", "training/test_ddp.py",
+    "evaluation/test_evaluate_ddp.py", "training/test_loss.py", "training/test_first_run.py",
+    "training/test_training_checks.py", "training/test_plan.py", "training/test_lm_head_lora.py",
+    "inference/test_web_page.py", "inference/test_qlora_base.py", "inference/test_generation.py",
+    "inference/test_serve.py", "training/test_guard.py", "inference/test_chat.py", "model/test_merge.py",
+    "evaluation/test_report_html.py", "training/test_no_full_logits.py", "evaluation/test_statistics.py",
     "training/test_gpu_bench.py", "training/test_fp16_loss.py",
 )
 
