@@ -6,22 +6,18 @@ The tiny model is built once per test session (offline, deterministic) through t
 from __future__ import annotations
 
 import atexit
-import contextlib
 import fcntl
 import functools
 import importlib.util
-import json
 import os
-import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from warm_python import WarmPython
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -38,8 +34,7 @@ def run_script(script: str, *args: str, cwd: str | Path | None = None, input: st
     imported) unless ``fresh`` is set, its environment differs from the warm one's, or
     R1_SFT_TEST_FRESH_PYTHON=1 asks for a new interpreter every time.
     """
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    argv = [str(REPO / script), *map(str, args)]
+    full_env, argv = _script_env(env), _script_argv(script, args)
     warm = None if fresh else _warm_python(full_env)
     if warm is not None:
         proc = warm.run(argv, cwd=str(cwd or REPO), input=input, timeout=timeout, env=full_env)
@@ -51,12 +46,20 @@ def run_script(script: str, *args: str, cwd: str | Path | None = None, input: st
     return proc
 
 
+def _script_env(env: dict | None = None) -> dict:
+    """A stage script's environment: this process's, unbuffered output, then ``env``."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+
+
+def _script_argv(script, args) -> list[str]:
+    return [str(REPO / script), *map(str, args)]
+
+
 class ScriptRun:
     """A stage script started by :func:`start_script`: ``pid``, ``running()``, ``kill()``, ``wait()``."""
 
     def __init__(self, script: str, *args, cwd=None, env: dict | None = None):
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        argv = [str(REPO / script), *map(str, args)]
+        full_env, argv = _script_env(env), _script_argv(script, args)
         self.warm = _warm_python(full_env)
         if self.warm is not None:
             self.pid = self.warm.start(argv, cwd=str(cwd or REPO), input=None, env=full_env)
@@ -85,96 +88,16 @@ def start_script(script: str, *args, cwd=None, env: dict | None = None) -> Scrip
     return ScriptRun(script, *args, cwd=cwd, env=env)
 
 
-class WarmPython:
-    """The client of one tests/warm_python.py server: one script run at a time, as ``subprocess.run``; its
-    socket serves tests/warm_client.py (torchrun's workers, bench/gpu_check.sh's steps) at the same time."""
-
-    def __init__(self, env: dict):
-        self.folder = Path(tempfile.mkdtemp(prefix="warm_python_"))
-        self.socket = self.folder / "socket"
-        self.server = subprocess.Popen([sys.executable, str(REPO / "tests" / "warm_python.py"), str(self.socket)],
-                                       cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.pending = b""
-        self.env: dict | None = None  # the server's, once its imports are done
-        self.set_by_import: dict = {}
-
-    def accepts(self, env: dict) -> bool:
-        """True when a run with ``env`` may fork from the server (tests/warm_python.py's ``accepts``)."""
-        import warm_python
-
-        if self.env is None:
-            ready = self._answer()
-            self.env = ready["started"]
-            self.set_by_import = {k: v for k, v in ready["env"].items() if self.env.get(k) != v}
-        return self.server.poll() is None and warm_python.accepts(env, self.env, self.set_by_import)
-
-    def _answer(self, timeout: float | None = None) -> dict | None:
-        """The server's next line, or None when ``timeout`` seconds pass without one."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        fd = self.server.stdout.fileno()
-        while b"\n" not in self.pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise RuntimeError(f"tests/warm_python.py ended (exit {self.server.wait()})")
-            self.pending += chunk
-        line, self.pending = self.pending.split(b"\n", 1)
-        return json.loads(line)
-
-    def start(self, argv: list[str], *, cwd: str, input: str | None, env: dict) -> int:
-        """Start a run; returns its pid. :meth:`finish` must collect it before the next run starts."""
-        self.paths = {name: self.folder / name for name in ("stdin", "stdout", "stderr")}
-        self.paths["stdin"].write_text(input or "", encoding="utf-8")
-        for name in ("stdout", "stderr"):
-            self.paths[name].write_bytes(b"")
-        request = {"argv": argv, "cwd": cwd, "env": env, **{k: str(v) for k, v in self.paths.items()}}
-        self.server.stdin.write(json.dumps(request).encode() + b"\n")
-        self.server.stdin.flush()
-        self.argv, self.pid = argv, self._answer()["pid"]
-        return self.pid
-
-    def finish(self, timeout: float | None):
-        """The started run's CompletedProcess; on ``timeout`` it is killed and TimeoutExpired raised."""
-        answer = self._answer(timeout)
-        if answer is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self._answer()
-            raise subprocess.TimeoutExpired([sys.executable, *self.argv], timeout)
-
-        def text(name: str) -> str:  # as subprocess.run(text=True) decodes and translates newlines
-            return self.paths[name].read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-
-        return subprocess.CompletedProcess([sys.executable, *self.argv], answer["returncode"], text("stdout"),
-                                           text("stderr"))
-
-    def run(self, argv: list[str], *, cwd: str, input: str | None, timeout: float, env: dict):
-        self.start(argv, cwd=cwd, input=input, env=env)
-        return self.finish(timeout)
-
-    def running(self) -> bool:
-        """Whether the started run is still going (its end is not yet reported)."""
-        if b"\n" in self.pending:
-            return False
-        return not select.select([self.server.stdout.fileno()], [], [], 0)[0]
-
-    def close(self) -> None:
-        if self.server.poll() is None:
-            self.server.stdin.close()
-            self.server.wait(timeout=30)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
 WARM_CLIENT = REPO / "tests" / "warm_client.py"
 
 
 def warm_python_command() -> Path:
     """A program that runs ``SCRIPT ARGS`` as this Python would, through tests/warm_client.py (for a shell
     script's ``$PYTHON``): this interpreter itself, not one a ``python3`` on PATH would find."""
-    warm = _warm_python({**os.environ, "PYTHONUNBUFFERED": "1"})
-    path = Path(warm.folder if warm else tempfile.mkdtemp(prefix="warm_python_")) / "python"
+    warm = _warm_python(_script_env())
+    if warm is None:
+        return Path(sys.executable)
+    path = warm.folder / "python"
     path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{WARM_CLIENT}" "$@"\n', encoding="utf-8")
     path.chmod(0o755)
     return path
@@ -183,16 +106,16 @@ def warm_python_command() -> Path:
 def warm_client_env() -> dict:
     """The variables that let tests/warm_client.py (``python tests/warm_client.py SCRIPT ARGS``, or the file run
     as a program) reach this worker's warm Python; without them it runs a fresh interpreter."""
-    warm = _warm_python({**os.environ, "PYTHONUNBUFFERED": "1"})
+    warm = _warm_python(_script_env())
     return {"R1_SFT_WARM_EXE": sys.executable, **({"R1_SFT_WARM_SOCKET": str(warm.socket)} if warm else {})}
 
 
-_WARM: list[WarmPython] = []
+_WARM: list[WarmPython] = []  # this worker's, once started
 
 
 def _start_warm_python() -> None:
     if not _WARM and os.environ.get("R1_SFT_TEST_FRESH_PYTHON") != "1":
-        _WARM.append(WarmPython({**os.environ, "PYTHONUNBUFFERED": "1"}))
+        _WARM.append(WarmPython(_script_env()))
         atexit.register(_WARM[0].close)
 
 

@@ -25,9 +25,17 @@ run it in a new interpreter); many such runs go at once (torchrun's workers).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 PRELOAD = ("torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes", "safetensors.torch",
            "trl", "matplotlib.pyplot", "jieba", "sacrebleu", "scipy.stats")
@@ -242,6 +250,86 @@ def serve(socket_path: str | None = None) -> None:
             _say(1, {"pid": pid})
             _, status = os.waitpid(pid, 0)
             _say(1, {"returncode": os.waitstatus_to_exitcode(status)})
+
+
+class WarmPython:
+    """The client of one server (started here, in a new process): one script run at a time, as ``subprocess.run``; its
+    socket serves tests/warm_client.py (torchrun's workers, bench/gpu_check.sh's steps) at the same time."""
+
+    def __init__(self, env: dict):
+        self.folder = Path(tempfile.mkdtemp(prefix="warm_python_"))
+        self.socket = self.folder / "socket"
+        self.server = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(self.socket)],
+                                       cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.pending = b""
+        self.env: dict | None = None  # the server's, once its imports are done
+        self.set_by_import: dict = {}
+
+    def accepts(self, env: dict) -> bool:
+        """True when a run with ``env`` may fork from the server (:func:`accepts`)."""
+        if self.env is None:
+            ready = self._answer()
+            self.env = ready["started"]
+            self.set_by_import = {k: v for k, v in ready["env"].items() if self.env.get(k) != v}
+        return self.server.poll() is None and accepts(env, self.env, self.set_by_import)
+
+    def _answer(self, timeout: float | None = None) -> dict | None:
+        """The server's next line, or None when ``timeout`` seconds pass without one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.server.stdout.fileno()
+        while b"\n" not in self.pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"tests/warm_python.py ended (exit {self.server.wait()})")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def start(self, argv: list[str], *, cwd: str, input: str | None, env: dict) -> int:
+        """Start a run; returns its pid. :meth:`finish` must collect it before the next run starts."""
+        self.paths = {name: self.folder / name for name in ("stdin", "stdout", "stderr")}
+        self.paths["stdin"].write_text(input or "", encoding="utf-8")
+        for name in ("stdout", "stderr"):
+            self.paths[name].write_bytes(b"")
+        request = {"argv": argv, "cwd": cwd, "env": env, **{k: str(v) for k, v in self.paths.items()}}
+        self.server.stdin.write(json.dumps(request).encode() + b"\n")
+        self.server.stdin.flush()
+        self.argv, self.pid = argv, self._answer()["pid"]
+        return self.pid
+
+    def finish(self, timeout: float | None):
+        """The started run's CompletedProcess; on ``timeout`` it is killed and TimeoutExpired raised."""
+        answer = self._answer(timeout)
+        if answer is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self._answer()
+            raise subprocess.TimeoutExpired([sys.executable, *self.argv], timeout)
+
+        def text(name: str) -> str:  # as subprocess.run(text=True) decodes and translates newlines
+            return self.paths[name].read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+        return subprocess.CompletedProcess([sys.executable, *self.argv], answer["returncode"], text("stdout"),
+                                           text("stderr"))
+
+    def run(self, argv: list[str], *, cwd: str, input: str | None, timeout: float, env: dict):
+        self.start(argv, cwd=cwd, input=input, env=env)
+        return self.finish(timeout)
+
+    def running(self) -> bool:
+        """Whether the started run is still going (its end is not yet reported)."""
+        if b"\n" in self.pending:
+            return False
+        return not select.select([self.server.stdout.fileno()], [], [], 0)[0]
+
+    def close(self) -> None:
+        if self.server.poll() is None:
+            self.server.stdin.close()
+            self.server.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
