@@ -6,6 +6,8 @@ naming the folder and the fix. Weights load from safetensors only.
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,9 @@ from r1_sft.paths import REPO_ROOT, display_path, repo_path, tried_path
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_INFO = "merge_info.json"  # written by merge_adapter(); marks a folder as a merged adapter
+# What save_tokenizer copies: a tokenizer's files in the layouts transformers reads.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "vocab.json", "merges.txt")
 DOWNLOAD_HINT = ("run `python download_model/download_model.py` (real model) or "
                  "`python download_model/download_model.py --tiny` (offline tiny model), or pass the right path")
 
@@ -107,3 +112,39 @@ def load_tokenizer(path: str | Path | ModelFolder, padding_side: str = "left"):
 def weights_size(folder: Path) -> int:
     """Bytes of a model folder's safetensors weights."""
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
+    """Write ``tokenizer`` into ``out_dir`` as a byte copy of the files it was loaded from.
+
+    transformers 5 writes a loaded Qwen2 tokenizer out again in another form (merges as pairs, indented,
+    the ByteLevel decoder's flags at its class defaults): R1's 5.2 MB tokenizer.json becomes 11.4 MB and takes
+    three times as long to load (bench/tokenizer_load.py). A copy loads into the same tokenizer (load_tokenizer
+    sets the padding side and pad token again) and keeps an adapter's tokenizer files its base's, byte for
+    byte. A tokenizer that was not loaded from a folder of such files is written by transformers.
+    """
+    source, out = Path(str(tokenizer.name_or_path)), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (source / "tokenizer.json").is_file():
+        tokenizer.save_pretrained(str(out))
+    elif source.resolve() != out.resolve():
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, out / name)
+
+
+@contextmanager
+def tokenizer_saved_by_copy(trainer):
+    """Inside, a Hugging Face Trainer's ``_save`` writes no tokenizer (neither its processing class nor its
+    collator's); the caller writes it with :func:`save_tokenizer`. Yields the trainer's tokenizer (or None)."""
+    tokenizer, collator = trainer.processing_class, trainer.data_collator
+    collator_tokenizer = getattr(collator, "tokenizer", None)
+    trainer.processing_class = None
+    if collator_tokenizer is not None:
+        collator.tokenizer = None
+    try:
+        yield tokenizer if tokenizer is not None else collator_tokenizer
+    finally:
+        trainer.processing_class = tokenizer
+        if collator_tokenizer is not None:
+            collator.tokenizer = collator_tokenizer

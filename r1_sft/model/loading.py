@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from r1_sft.cli import UserError
-from r1_sft.model.folders import ADAPTER_CONFIG, MERGE_INFO, load_tokenizer, resolve_model_folder
+from r1_sft.model.folders import ADAPTER_CONFIG, MERGE_INFO, load_tokenizer, resolve_model_folder, save_tokenizer
 from r1_sft.model.plan import RunPlan, as_dtype, make_plan
 from r1_sft.paths import display_path, repo_path
 
@@ -110,7 +110,7 @@ def merge_adapter(adapter_path: str | Path, out_dir: str | Path, *, dtype=torch.
     merged.to(as_dtype(dtype))
     out = repo_path(out_dir)
     merged.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
     atomic_write_text(out / MERGE_INFO, json.dumps({"base": str(folder.base_path), "adapter": str(folder.adapter_path),
                                                     "dtype": str(as_dtype(dtype))}, indent=2) + "\n")
     return out

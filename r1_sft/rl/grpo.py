@@ -45,11 +45,20 @@ def r1_grpo_trainer_class():
     """
     from trl import GRPOTrainer
 
+    from r1_sft.model.folders import save_tokenizer, tokenizer_saved_by_copy
+
     class R1GRPOTrainer(GRPOTrainer):
         def _tokenize_prompts(self, prompts: list):
             if prompts and isinstance(prompts[0], str):
                 return self.processing_class(text=prompts, add_special_tokens=False)["input_ids"], None, {}
             return super()._tokenize_prompts(prompts)
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            """Checkpoints and best_model with the tokenizer's files copied (save_tokenizer), as SFT's."""
+            with tokenizer_saved_by_copy(self) as tokenizer:
+                super()._save(output_dir, state_dict)
+            if tokenizer is not None and self.args.should_save:
+                save_tokenizer(tokenizer, output_dir if output_dir is not None else self.args.output_dir)
 
     return R1GRPOTrainer
 
@@ -190,7 +199,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
     with the configured weights); the best checkpoint is the one with the highest validation mean of
     the first. Returns None on a dry run.
     """
-    from r1_sft.model.folders import load_tokenizer
+    from r1_sft.model.folders import load_tokenizer, save_tokenizer
     from r1_sft.model.lora import setup_lora_model
     from r1_sft.rl.prompts import load_questions, prompt_dataset, prompt_lengths
     from r1_sft.rl.rewards import mcq_reward_funcs
@@ -287,7 +296,7 @@ def run_grpo(cfg: GrpoConfig, reward_funcs: Sequence[Callable] | None = None,
         from r1_sft.training.log_report import write_training_report
 
         shutil.rmtree(best_dir / "ref", ignore_errors=True)  # TRL's frozen reference copy (beta > 0): not ours
-        tokenizer.save_pretrained(str(best_dir))
+        save_tokenizer(tokenizer, best_dir)
         (best_dir / "training_args.bin").unlink(missing_ok=True)
         if guard.last_finite:
             copy_adapter(output_dir / f"checkpoint-{state.global_step}", final_dir, tokenizer)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from r1_sft.cli import UserError
 from r1_sft.jsonl_io import atomic_write_text
+from r1_sft.model.folders import save_tokenizer
 from r1_sft.paths import display_path
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -65,6 +66,6 @@ def copy_adapter(checkpoint: Path, dest: Path, tokenizer) -> None:
     tmp.mkdir(parents=True)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(checkpoint / name, tmp / name)
-    tokenizer.save_pretrained(tmp)
+    save_tokenizer(tokenizer, tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)

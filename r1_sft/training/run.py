@@ -26,6 +26,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from r1_sft.cli import UserError
 from r1_sft.jsonl_io import write_jsonl
+from r1_sft.model.folders import save_tokenizer
 from r1_sft.model.lora import setup_lora_model, target_modules
 from r1_sft.model.plan import RunPlan
 from r1_sft.paths import display_path, repo_path
@@ -264,7 +265,7 @@ def run_training(cfg: TrainConfig, trainer_cls: type[Trainer] = SFTTrainer, trai
         trainer.save_model(str(best_dir))
     if trainer.is_world_process_zero():
         if best_finite:
-            tokenizer.save_pretrained(str(best_dir))
+            save_tokenizer(tokenizer, best_dir)
             (best_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in run_info.json
         write_jsonl(logs_dir / "log_history.jsonl", state.log_history)
         plotted = plot_loss_curve(state.log_history, logs_dir / "loss_curve.png")

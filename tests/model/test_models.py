@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from r1_sft.cli import UserError
-from r1_sft.model.folders import load_tokenizer, local_model_dir, resolve_model_folder
+from r1_sft.model.folders import load_tokenizer, local_model_dir, resolve_model_folder, save_tokenizer
 from r1_sft.model.loading import load_model, merge_adapter
 from r1_sft.r1_format import build_prompt, encode_example, encode_prompt
 
@@ -522,3 +522,24 @@ def test_library_chatter_is_silenced_once_the_package_is_imported():
     control = subprocess.run([sys.executable, "-c", code.replace("import r1_sft, ", "import ")], cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert "gemm_4bit_forward" in control.stderr  # without the package's filter the warning would show
+
+
+def test_a_saved_tokenizer_is_the_files_it_was_loaded_from_and_loads_the_same(tiny_model_dir, tmp_path):
+    """save_tokenizer (every checkpoint, best_model, final_model, merged folder) copies the base's tokenizer
+    files; what loads from the copy tokenizes, templates and decodes as the base's tokenizer does."""
+    from transformers import AutoTokenizer
+
+    base = load_tokenizer(tiny_model_dir)
+    save_tokenizer(base, tmp_path / "copy")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "copy" / name).read_bytes() == (tiny_model_dir / name).read_bytes()
+    base, copy = (AutoTokenizer.from_pretrained(str(p)) for p in (tiny_model_dir, tmp_path / "copy"))
+    text = "患者发热三天，体温39℃。<think>\n先排查感染\n</think>\n\n建议就医。"
+    ids = base(text)["input_ids"]
+    assert copy(text)["input_ids"] == ids and len(copy) == len(base) and copy.decode(ids) == base.decode(ids)
+    assert build_prompt(copy, QUESTION) == build_prompt(base, QUESTION)
+    assert (copy.bos_token, copy.eos_token, copy.pad_token) == (base.bos_token, base.eos_token, base.pad_token)
+    # not loaded from a folder of tokenizer files: transformers writes it
+    base.name_or_path = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    save_tokenizer(base, tmp_path / "written")
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "written"))(text)["input_ids"] == ids

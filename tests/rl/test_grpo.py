@@ -71,6 +71,7 @@ def test_four_steps_write_what_sft_writes_and_log_every_reward(grpo_run, tiny_mo
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("best_model", "final_model", "checkpoint-2", "checkpoint-4"):
         assert (out / name / "adapter_model.safetensors").is_file(), name
+        assert (out / name / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json").read_bytes(), name
     assert not (out / "best_model" / "ref").exists()  # TRL's frozen reference copy is not part of the result
     config = json.loads((out / "final_model" / "adapter_config.json").read_text(encoding="utf-8"))
     assert Path(config["base_model_name_or_path"]).resolve() == Path(tiny_model_dir).resolve()
