@@ -12,6 +12,12 @@ TINY_LORA := model/tiny_r1_lora
 # Tests: two pytest workers, one thread each (two threads per worker would only contend).
 OMP_NUM_THREADS ?= 1
 export OMP_NUM_THREADS
+# Tests: each stage script run's glibc allocator keeps freed memory for the next training step (the test
+# harness calls mallopt; tests/warm_python.py). By default glibc maps every block over 32 MiB (the stand-in's
+# 151,936-column logits) on its own, gives it back at free, and the next step faults it in again: the 14 steps
+# of the suite's training run took 8.9 s so, 4.8 s with the setting (bench/malloc_steps.py, 2026-12-06, 2-core
+# x86-64 CPU; peak RSS 1.2 -> 1.3-1.6 GB). The tests that measure a run's memory run with glibc's defaults.
+TEST_MALLOC := R1_SFT_TEST_MALLOC=keep
 # The demo runs one process at a time: its training and evaluation use both cores of a 2-core CPU
 # (a training step through the 151,936-row output layer: 4.8 s on 2 threads, 7 s on 1).
 DEMO_THREADS ?= 2
@@ -20,9 +26,14 @@ DEMO_THREADS ?= 2
 
 install: $(STAMP)
 
+# pip does not compile the libraries' 20,000 modules ahead (most are never imported): Python compiles those
+# a run imports when it first imports them, and keeps them (make lets it write them even where the
+# environment says PYTHONDONTWRITEBYTECODE, which would make every new process compile its imports again).
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
 	@touch $(STAMP)
 
 # The whole pipeline on the tiny offline model and the sample data (minutes on a CPU).
@@ -71,7 +82,7 @@ browser: $(BROWSER_STAMP)
 		else echo "chromium is missing and this user cannot install it (needs root and apt-get): browser tests will skip"; fi; }
 
 $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-browser.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements-browser.txt
 	@touch $(BROWSER_STAMP)
 
 
@@ -81,7 +92,7 @@ $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 # the libraries (tests/warm_python.py); R1_SFT_TEST_FRESH_PYTHON=1 starts a new interpreter for every run.
 test: install
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-without-model $(TINY)/config.json
-	R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --stand-in only
+	$(TEST_MALLOC) R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --stand-in only
 
 test-without-model: install browser
 	$(PY) -m pytest -q --durations=5 --stand-in none
@@ -90,3 +101,5 @@ bench: install data $(TINY)/config.json
 	$(PY) bench/data_pipeline.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/eval_throughput.py
+	$(PY) bench/tokenizer_load.py
+	$(PY) bench/malloc_steps.py

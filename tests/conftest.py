@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from warm_python import WarmPython
+from warm_python import MALLOC_VARIABLE, WarmPython, keep_freed_memory
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 # Tiny models are overhead-bound: one thread per process is faster than two fighting over 2 cores,
 # and it keeps results identical from run to run. Set before any test imports torch.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+if os.environ.get(MALLOC_VARIABLE) == "keep":
+    keep_freed_memory()  # the tests that run in this process, as in the stage scripts' runs
 
 
 def run_script(script: str, *args: str, cwd: str | Path | None = None, input: str | None = None,
@@ -47,8 +49,14 @@ def run_script(script: str, *args: str, cwd: str | Path | None = None, input: st
 
 
 def _script_env(env: dict | None = None) -> dict:
-    """A stage script's environment: this process's, unbuffered output, then ``env``."""
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    """A stage script's environment: this process's, unbuffered output, then ``env`` (a None value removes)."""
+    merged = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return {key: value for key, value in merged.items() if value is not None}
+
+
+# glibc's allocator as users run it, without `make test`'s R1_SFT_TEST_MALLOC=keep (warm_python.MALLOC_VARIABLE:
+# freed blocks kept for the next step). For the tests that measure a run's memory.
+GLIBC_MALLOC = {MALLOC_VARIABLE: None}
 
 
 def _script_argv(script, args) -> list[str]:
@@ -216,15 +224,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 # loadfile mode hands whole files to the two workers in collection order, so the long end-to-end
 # files start early and the short ones fill in, and both workers finish together.
 SLOW_FILES = (
-    "training/test_training.py", "training/test_precision_runs.py", "rl/test_grpo.py", "evaluation/test_evaluate.py",
-    "rl/test_grpo_learning.py", "model/test_models.py", "training/test_distill.py", "training/test_fsdp.py",
-    "shared/test_notebook.py", "training/test_memory_estimate.py", "training/test_ddp.py",
-    "evaluation/test_evaluate_ddp.py", "training/test_loss.py", "training/test_first_run.py",
-    "training/test_training_checks.py", "training/test_plan.py", "training/test_lm_head_lora.py",
-    "inference/test_web_page.py", "inference/test_qlora_base.py", "inference/test_generation.py",
-    "inference/test_serve.py", "training/test_guard.py", "inference/test_chat.py", "model/test_merge.py",
-    "evaluation/test_report_html.py", "training/test_no_full_logits.py", "evaluation/test_statistics.py",
-    "training/test_gpu_bench.py", "training/test_fp16_loss.py",
+    "training/test_training.py", "training/test_precision_runs.py", "rl/test_grpo.py", "training/test_fsdp.py",
+    "rl/test_grpo_learning.py", "evaluation/test_evaluate.py", "training/test_loss.py", "shared/test_notebook.py",
+    "training/test_distill.py", "training/test_memory_estimate.py", "training/test_ddp.py",
+    "evaluation/test_evaluate_ddp.py", "model/test_models.py", "training/test_training_checks.py",
+    "inference/test_web_page.py", "training/test_plan.py", "data/test_generate_teacher.py",
+    "training/test_first_run.py", "inference/test_qlora_base.py", "inference/test_generation.py",
+    "inference/test_serve.py", "training/test_lm_head_lora.py", "inference/test_chat.py", "training/test_guard.py",
+    "evaluation/test_report_html.py", "training/test_fp16_loss.py", "training/test_batching.py",
+    "evaluation/test_statistics.py", "training/test_no_full_logits.py", "model/test_merge.py",
+    "training/test_parallel.py", "model/test_precision.py", "model/test_hardware.py",
 )
 
 

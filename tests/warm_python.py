@@ -116,6 +116,8 @@ def _child(request: dict, fds: list[int] | None = None) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if request["env"].get(MALLOC_VARIABLE) == "keep":
+            keep_freed_memory()
         script = os.path.abspath(request["argv"][0])
         sys.argv = list(request["argv"])
         sys.path[0] = os.path.dirname(script)
@@ -155,8 +157,23 @@ PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "R1_SFT_W
                      "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "MODELSCOPE_DOMAIN",
                      "LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
                      "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OUT", "WORK", "PYTHON",
-                     "PWD", "OLDPWD", "SHLVL", "_", "R1_SFT_TEST_CPU_FSDP"})  # PWD..._: what every shell sets
+                     "PWD", "OLDPWD", "SHLVL", "_", "R1_SFT_TEST_CPU_FSDP",
+                     "R1_SFT_TEST_MALLOC"})  # PWD..._: what every shell sets; the last: applied in the child
 PER_RUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_")
+# `make test` sets R1_SFT_TEST_MALLOC=keep: each run's glibc allocator keeps freed memory for the next step
+# instead of mapping every block over 32 MiB (the stand-in's logits) on its own and faulting it in again
+# (bench/malloc_steps.py). A run without it keeps glibc's defaults: the tests that measure a run's memory.
+MALLOC_VARIABLE = "R1_SFT_TEST_MALLOC"
+
+
+def keep_freed_memory() -> None:
+    """glibc's mallopt: no block mapped on its own (M_MMAP_MAX 0), freed memory kept (M_TRIM_THRESHOLD 2 GiB)."""
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:  # glibc
+        mallopt(-4, 0)  # M_MMAP_MAX
+        mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
 
 
 def accepts(env: dict, started: dict, set_by_import: dict) -> bool:

@@ -18,7 +18,7 @@ from r1_sft.training.batching import make_collator
 from r1_sft.training.encoding import encode_dataset, load_sft_records
 from r1_sft.training.trainer import SFTTrainer
 
-from conftest import REPO, run_script
+from conftest import GLIBC_MALLOC, REPO, run_script
 
 VAL = REPO / "tests/fixtures/sft_tiny_val.jsonl"
 
@@ -73,13 +73,14 @@ def _long_records(path, n: int, chars: int) -> None:
 
 def _peak_mb(tiny_model_dir, tmp_path, name: str, train_file, *extra: str) -> float:
     # Each run is a fork of the same warm Python (conftest.run_script): the libraries' memory is the same
-    # in all three, and the differences below are the steps' own.
+    # in all three, and the differences below are the steps' own. glibc's default allocator, as users run it.
     proc = run_script("bench/peak_rss.py", REPO / "scripts/train_stf_r1_train_val.py",
                       "--model_path", tiny_model_dir, "--train_file", train_file, "--val_file", train_file,
                       "--output_dir", tmp_path / name, "--max_steps", "1", "--eval_steps", "1", "--save_steps", "1",
                       "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "1",
                       "--gradient_accumulation_steps", "1", "--max_length", "1100", "--no_use_4bit",
-                      "--lora_target_modules", "q_proj,v_proj", *extra, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+                      "--lora_target_modules", "q_proj,v_proj", *extra, cwd=tmp_path,
+                      env={"OMP_NUM_THREADS": "1", **GLIBC_MALLOC})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     kb = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_KB")]
     return kb[-1] / 1024

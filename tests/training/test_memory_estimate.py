@@ -106,7 +106,8 @@ def test_from_folder_and_describe(tmp_path):
 
 def _measure(spec: dict) -> list[dict]:
     """Run this file as a script in a fresh process; returns one record per step."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONUNBUFFERED": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k != "R1_SFT_TEST_MALLOC"},  # not `make test`'s setting
+           "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, __file__, json.dumps(spec)], capture_output=True, text=True,
                           timeout=900, env=env, cwd=REPO)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
