@@ -95,7 +95,7 @@ test: install
 	$(TEST_MALLOC) R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --stand-in only
 
 test-without-model: install browser
-	$(PY) -m pytest -q --durations=5 --stand-in none
+	$(TEST_MALLOC) $(PY) -m pytest -q --durations=5 --stand-in none
 
 bench: install data $(TINY)/config.json
 	$(PY) bench/data_pipeline.py

@@ -30,11 +30,11 @@ def _evaluate(launcher: list[str], tiny_model_dir, out, decoding: list[str]) -> 
     env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if not launcher:
         proc = run_script(SCRIPT, *args, cwd=out.parent, env=env)
-    else:  # sampled: torchrun's workers are forks of the warm Python (tests/warm_client.py); greedy: plain
-        warm = "--n_samples" in decoding
-        proc = subprocess.run([*launcher, *([str(WARM_CLIENT)] if warm else []), str(SCRIPT), *args], cwd=out.parent,
-                              env={**os.environ, **env, **(warm_client_env() if warm else {})},
-                              capture_output=True, text=True, timeout=600)
+    else:  # torchrun's workers are forks of the warm Python (tests/warm_client.py); tests/training/test_ddp.py
+        # runs one plain torchrun command (new interpreters)
+        proc = subprocess.run([*launcher, str(WARM_CLIENT), str(SCRIPT), *args], cwd=out.parent,
+                              env={**os.environ, **env, **warm_client_env()}, capture_output=True, text=True,
+                              timeout=600)
     assert proc.returncode == 0, f"exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 

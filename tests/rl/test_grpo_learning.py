@@ -105,7 +105,7 @@ FIRST_STEP_KEYS = ("reward", "reward_std", "rewards/accuracy_reward/mean", "rewa
 
 def _toy_files(tmp: Path) -> tuple[Path, Path]:
     # half the questions answered B: near-greedy rollouts all say A, so the processes' questions score apart
-    toy = [{**q, "answer": "AB"[i % 2]} for i, q in enumerate(_toy_questions(8))]
+    toy = [{**q, "answer": "AB"[i % 2]} for i, q in enumerate(_toy_questions(4))]
     return (_write_jsonl(tmp / "train.jsonl", toy), _write_jsonl(tmp / "val.jsonl", _toy_questions(2, start=100)))
 
 
@@ -125,7 +125,7 @@ def _command_line(flags: dict) -> list[str]:
 
 
 def test_two_processes_give_the_first_step_of_one(warm_model, tmp_path, one_thread):
-    """Same global batch (32 completions = all 8 questions x 4): 1 process x 32 vs 2 processes x 16, rewards
+    """Same global batch (16 completions = all 4 questions x 4): 1 process x 16 vs 2 processes x 8, rewards
     gathered across processes. Rollouts at temperature 0.01 are the same text whatever the process count;
     sampled ones cannot be compared, as TRL seeds each process apart (seed + rank)."""
     from r1_sft.rl.grpo import run_grpo
@@ -134,9 +134,9 @@ def test_two_processes_give_the_first_step_of_one(warm_model, tmp_path, one_thre
 
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     # one process in this one, with the script's own defaults for every other flag
-    result = run_grpo(script_config("scripts/train_grpo.py")(**_first_step_flags(warm_model, tmp_path / "one", 32)))
+    result = run_grpo(script_config("scripts/train_grpo.py")(**_first_step_flags(warm_model, tmp_path / "one", 16)))
     one = next(h for h in result.log_history if "reward" in h)
-    flags = _command_line(_first_step_flags(warm_model, tmp_path / "two", 16))
+    flags = _command_line(_first_step_flags(warm_model, tmp_path / "two", 8))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            WARM_CLIENT, REPO / "scripts" / "train_grpo.py", *flags], cwd=REPO, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD,
@@ -149,5 +149,5 @@ def test_two_processes_give_the_first_step_of_one(warm_model, tmp_path, one_thre
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
     assert 0 < one["rewards/accuracy_reward/mean"] < 1 and one["reward_std"] > 0  # questions differ
     plan = [line for line in proc.stdout.splitlines() if line.startswith("[grpo] ") and "per step" in line]
-    assert len(plan) == 1 and "x 2 process(es)" in plan[0] and "8 question(s) x 4 completions" in plan[0]
+    assert len(plan) == 1 and "x 2 process(es)" in plan[0] and "4 question(s) x 4 completions" in plan[0]
     assert "DDP x 2" in proc.stdout
