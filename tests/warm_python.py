@@ -118,6 +118,8 @@ def _child(request: dict, fds: list[int] | None = None) -> None:
         os.environ.update(request["env"])
         if request["env"].get(MALLOC_VARIABLE) == "keep":
             keep_freed_memory()
+        if request["env"].get("MALLOC_MMAP_THRESHOLD_"):
+            set_mmap_threshold(request["env"]["MALLOC_MMAP_THRESHOLD_"])
         script = os.path.abspath(request["argv"][0])
         sys.argv = list(request["argv"])
         sys.path[0] = os.path.dirname(script)
@@ -158,12 +160,23 @@ PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "R1_SFT_W
                      "LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
                      "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OUT", "WORK", "PYTHON",
                      "PWD", "OLDPWD", "SHLVL", "_", "R1_SFT_TEST_CPU_FSDP",
-                     "R1_SFT_TEST_MALLOC"})  # PWD..._: what every shell sets; the last: applied in the child
+                     "R1_SFT_TEST_MALLOC", "MALLOC_MMAP_THRESHOLD_"})  # PWD..._: what every shell sets;
+# the last two: applied in the child (mallopt), as glibc applies MALLOC_MMAP_THRESHOLD_ at a process's start
 PER_RUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_")
 # `make test` sets R1_SFT_TEST_MALLOC=keep: each run's glibc allocator keeps freed memory for the next step
 # instead of mapping every block over 32 MiB (the stand-in's logits) on its own and faulting it in again
 # (bench/malloc_steps.py). A run without it keeps glibc's defaults: the tests that measure a run's memory.
 MALLOC_VARIABLE = "R1_SFT_TEST_MALLOC"
+
+
+def set_mmap_threshold(value: str) -> None:
+    """What MALLOC_MMAP_THRESHOLD_ makes glibc do at a new process's start: every block over ``value`` bytes
+    mapped on its own and given back when freed (a fixed threshold)."""
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:  # glibc
+        mallopt(-3, int(value))  # M_MMAP_THRESHOLD
 
 
 def keep_freed_memory() -> None:

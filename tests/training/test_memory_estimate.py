@@ -15,8 +15,6 @@ activation part, with and without gradient checkpointing).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +25,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]  # also run as a script (the mea
 
 from r1_sft.training import memory_estimate as me  # noqa: E402
 
-from conftest import sft_config
+from conftest import GLIBC_MALLOC, run_script, sft_config
 
 # Measured here (2 shared cores, torch 2.13 CPU): stand-in stock 3.606 GB vs formula 3.612 (+0.2%), chunked
 # 0.427 vs 0.433 (+1.5%); wide model checkpointed 0.115 vs 0.129 (+12.3%), not checkpointed 0.700 vs 0.711 (+1.6%).
@@ -105,11 +103,12 @@ def test_from_folder_and_describe(tmp_path):
 # ----------------------------------------------------------------------------- measured on the CPU
 
 def _measure(spec: dict) -> list[dict]:
-    """Run this file as a script in a fresh process; returns one record per step."""
-    env = {**{k: v for k, v in os.environ.items() if k != "R1_SFT_TEST_MALLOC"},  # not `make test`'s setting
-           "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, __file__, json.dumps(spec)], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=REPO)
+    """Run this file as a script (conftest.run_script: a fork of the warm Python, which applies the mmap
+    threshold as glibc would at a new process's start; not `make test`'s R1_SFT_TEST_MALLOC); returns one
+    record per step. Each step is measured from its own start, so the memory the process held before counts
+    in no step."""
+    proc = run_script("tests/training/test_memory_estimate.py", json.dumps(spec), timeout=900,
+                      env={"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072", **GLIBC_MALLOC})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"measurement failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return json.loads(lines[-1][len("RESULT "):])
