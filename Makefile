@@ -22,7 +22,7 @@ TEST_MALLOC := R1_SFT_TEST_MALLOC=keep
 # (a training step through the 151,936-row output layer: 4.8 s on 2 threads, 7 s on 1).
 DEMO_THREADS ?= 2
 
-.PHONY: install browser demo test test-with-model test-without-model data bench
+.PHONY: install browser demo test test-without-model data bench
 
 install: $(STAMP)
 
@@ -56,14 +56,9 @@ demo: install data $(TINY)/config.json
 # Built offline (no hub access needed); rebuilt when missing or when its recipe or corpus changes.
 # The files of r1_sft.model.tiny_model.DEFAULT_CORPUS_GLOBS (make cannot ask Python before the venv exists).
 TINY_CORPUS := modelscope_r1_data/r1_data_example.jsonl $(wildcard r1_generated/00[1-3].jsonl)
-# $(TINY_STATUS) says "ok" or "failed" once a build has ended: `make test` starts its pytest workers while the
-# build may still run, and they wait for it.
-TINY_STATUS := $(TINY).build-status
 $(TINY)/config.json: r1_sft/model/tiny_model.py r1_sft/model/r1_tokenizer.py $(TINY_CORPUS) | install
 	@echo "== 2. model: build the tiny offline R1 stand-in"
-	@rm -f $(TINY)/config.json $(TINY_STATUS)
-	$(PY) download_model/download_model.py --tiny --local_dir $(TINY) || { echo failed > $(TINY_STATUS); exit 1; }
-	@echo ok > $(TINY_STATUS)
+	$(PY) download_model/download_model.py --tiny --local_dir $(TINY)
 
 data: install
 	@echo "== 1. data: both sources -> SFT files -> train/val/test splits"
@@ -93,17 +88,11 @@ $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 
 # The suite in two parts: while one core builds the stand-in (the real command, as `make demo` does; then
 # reused), the other installs the browser and runs the tests that need no model; then both cores run the
-# tests that need it (their two workers start, collect and import while the build ends, and wait for it;
-# at a lower priority than the build meanwhile).
-# Each pytest worker runs the stage scripts in forks of one Python that has imported the libraries
-# (tests/warm_python.py); R1_SFT_TEST_FRESH_PYTHON=1 starts a new interpreter for every run.
+# tests that need it. Each pytest worker runs the stage scripts in forks of one Python that has imported
+# the libraries (tests/warm_python.py); R1_SFT_TEST_FRESH_PYTHON=1 starts a new interpreter for every run.
 test: install
-	@$(MAKE) --no-print-directory -q $(TINY)/config.json 2>/dev/null && echo ok > $(TINY_STATUS) || true
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-with-model $(TINY)/config.json
-
-test-with-model: test-without-model
-	$(TEST_MALLOC) R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) R1_SFT_TINY_MODEL_STATUS=$(CURDIR)/$(TINY_STATUS) \
-		nice -n 5 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --stand-in only
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-without-model $(TINY)/config.json
+	$(TEST_MALLOC) R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --stand-in only
 
 test-without-model: install browser
 	$(TEST_MALLOC) $(PY) -m pytest -q --durations=5 --stand-in none

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -205,8 +204,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     builds it here, through the same command.
     """
     prebuilt = os.environ.get("R1_SFT_TINY_MODEL")
-    if prebuilt and os.environ.get("R1_SFT_TINY_MODEL_STATUS"):  # make builds it beside this session
-        _wait_for_build(Path(os.environ["R1_SFT_TINY_MODEL_STATUS"]))
     if prebuilt and (Path(prebuilt) / "config.json").is_file():
         return Path(prebuilt)
     # pytest-xdist workers share the parent of their base temp folders: the first worker builds the
@@ -221,17 +218,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         if not (out / "config.json").is_file():
             run_script("download_model/download_model.py", "--tiny", "--local_dir", out, check=True)
     return out
-
-
-def _wait_for_build(status: Path, timeout: float = 1800) -> None:
-    """Wait until the Makefile's stand-in build has written ``status`` ("ok"; "failed" fails the test)."""
-    deadline = time.monotonic() + timeout
-    while not status.is_file():
-        if time.monotonic() > deadline:
-            pytest.fail(f"the stand-in's build wrote no {status} in {timeout:.0f} s")
-        time.sleep(0.5)
-    if status.read_text().strip() != "ok":
-        pytest.fail("the stand-in's build failed: see make's output (download_model/download_model.py --tiny)")
 
 
 # The slowest files first (seconds of CPU on 2 cores, from `pytest --durations=0`): pytest-xdist's
