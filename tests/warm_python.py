@@ -169,24 +169,27 @@ PER_RUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_")
 MALLOC_VARIABLE = "R1_SFT_TEST_MALLOC"
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's malloc.h
+
+
+def _mallopt(*settings: tuple[int, int]) -> None:
+    """glibc's mallopt for each (parameter, value); nothing on another C library."""
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    for param, value in settings if mallopt is not None else ():
+        mallopt(param, value)
+
+
 def set_mmap_threshold(value: str) -> None:
     """What MALLOC_MMAP_THRESHOLD_ makes glibc do at a new process's start: every block over ``value`` bytes
     mapped on its own and given back when freed (a fixed threshold)."""
-    import ctypes
-
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:  # glibc
-        mallopt(-3, int(value))  # M_MMAP_THRESHOLD
+    _mallopt((M_MMAP_THRESHOLD, int(value)))
 
 
 def keep_freed_memory() -> None:
-    """glibc's mallopt: no block mapped on its own (M_MMAP_MAX 0), freed memory kept (M_TRIM_THRESHOLD 2 GiB)."""
-    import ctypes
-
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:  # glibc
-        mallopt(-4, 0)  # M_MMAP_MAX
-        mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+    """No block mapped on its own (M_MMAP_MAX 0), freed memory kept (M_TRIM_THRESHOLD 2 GiB)."""
+    _mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def accepts(env: dict, started: dict, set_by_import: dict) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,19 +131,3 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
             if (source / name).is_file():
                 shutil.copyfile(source / name, out / name)
 
-
-@contextmanager
-def tokenizer_saved_by_copy(trainer):
-    """Inside, a Hugging Face Trainer's ``_save`` writes no tokenizer (neither its processing class nor its
-    collator's); the caller writes it with :func:`save_tokenizer`. Yields the trainer's tokenizer (or None)."""
-    tokenizer, collator = trainer.processing_class, trainer.data_collator
-    collator_tokenizer = getattr(collator, "tokenizer", None)
-    trainer.processing_class = None
-    if collator_tokenizer is not None:
-        collator.tokenizer = None
-    try:
-        yield tokenizer if tokenizer is not None else collator_tokenizer
-    finally:
-        trainer.processing_class = tokenizer
-        if collator_tokenizer is not None:
-            collator.tokenizer = collator_tokenizer

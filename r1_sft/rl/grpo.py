@@ -45,20 +45,13 @@ def r1_grpo_trainer_class():
     """
     from trl import GRPOTrainer
 
-    from r1_sft.model.folders import save_tokenizer, tokenizer_saved_by_copy
+    from r1_sft.training.outputs import CopiedTokenizerSave
 
-    class R1GRPOTrainer(GRPOTrainer):
+    class R1GRPOTrainer(CopiedTokenizerSave, GRPOTrainer):
         def _tokenize_prompts(self, prompts: list):
             if prompts and isinstance(prompts[0], str):
                 return self.processing_class(text=prompts, add_special_tokens=False)["input_ids"], None, {}
             return super()._tokenize_prompts(prompts)
-
-        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-            """Checkpoints and best_model with the tokenizer's files copied (save_tokenizer), as SFT's."""
-            with tokenizer_saved_by_copy(self) as tokenizer:
-                super()._save(output_dir, state_dict)
-            if tokenizer is not None and self.args.should_save:
-                save_tokenizer(tokenizer, output_dir if output_dir is not None else self.args.output_dir)
 
     return R1GRPOTrainer
 

@@ -1,4 +1,4 @@
-"""A training run's output folder: complete checkpoints, the adapter copies, clearing an earlier run."""
+"""A training run's output folder: complete checkpoints, adapter copies (tokenizer files copied), clearing old runs."""
 from __future__ import annotations
 
 import json
@@ -69,3 +69,28 @@ def copy_adapter(checkpoint: Path, dest: Path, tokenizer) -> None:
     save_tokenizer(tokenizer, tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
+
+
+class CopiedTokenizerSave:
+    """Mixin for a Hugging Face Trainer (SFT's and GRPO's): its ``_save`` (checkpoints, save_model) writes the
+    tokenizer as :func:`r1_sft.model.folders.save_tokenizer`'s byte copy, not transformers' re-serialization.
+
+    The Trainer's own ``_save`` writes its processing class, else its collator's tokenizer: both are set aside
+    while it runs.
+    """
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        tokenizer, collator = self.processing_class, self.data_collator
+        collator_tokenizer = getattr(collator, "tokenizer", None)
+        self.processing_class = None
+        if collator_tokenizer is not None:
+            collator.tokenizer = None
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.processing_class = tokenizer
+            if collator_tokenizer is not None:
+                collator.tokenizer = collator_tokenizer
+        if (tokenizer or collator_tokenizer) is not None and self.args.should_save:
+            save_tokenizer(tokenizer or collator_tokenizer,
+                           output_dir if output_dir is not None else self.args.output_dir)

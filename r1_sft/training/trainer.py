@@ -11,11 +11,10 @@ from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from r1_sft.cli import UserError
-from r1_sft.model.folders import save_tokenizer, tokenizer_saved_by_copy
 from r1_sft.paths import display_path
 from r1_sft.r1_format import IGNORE_INDEX
 from r1_sft.training.loss import DEFAULT_CHUNK_TOKENS, LossParts, model_loss, shifted_targets
-from r1_sft.training.outputs import complete_checkpoints
+from r1_sft.training.outputs import CopiedTokenizerSave, complete_checkpoints
 
 # Optimizer steps in a row with a non-finite loss or gradient norm before the run stops.
 NONFINITE_STEPS = 3
@@ -44,7 +43,7 @@ class EpochSeededSampler(torch.utils.data.Sampler):
         return iter(self.inner)
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(CopiedTokenizerSave, Trainer):
     """The Hugging Face Trainer with the project's loss, token-weighted eval_loss and a resumable shuffle.
 
     Loss: cross-entropy over trained tokens through lm_head in chunks of ``loss_chunk_tokens``
@@ -176,13 +175,6 @@ class SFTTrainer(Trainer):
         if "loss" in logs:
             self._loss_sums["train"].zero_()  # plain SFT logs the Trainer's own loss; KDTrainer adds its parts
         super().log(logs, start_time)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The Trainer's save (checkpoints, best_model), with the tokenizer's files copied (save_tokenizer)."""
-        with tokenizer_saved_by_copy(self) as tokenizer:
-            super()._save(output_dir, state_dict)
-        if tokenizer is not None and self.args.should_save:
-            save_tokenizer(tokenizer, output_dir if output_dir is not None else self.args.output_dir)
 
     def save_final_adapter(self) -> None:
         """Save the adapter in memory as ``final_dir`` (every rank calls it: sharded engines gather).
