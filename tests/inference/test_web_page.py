@@ -167,14 +167,20 @@ def answers(page, phase: str, count: int) -> list[dict]:
 
 def test_reasoning_then_answer_stream_in_and_model_html_stays_text(browser, scripted):
     page = open_page(browser, scripted["url"])
-    page.evaluate("""() => { window.__phases = [];
-        new MutationObserver(ms => ms.forEach(m => { const p = m.target.dataset.phase;
-            if (window.__phases[window.__phases.length - 1] !== p) window.__phases.push(p); }))
-        .observe(document.getElementById('transcript'), {subtree: true, attributes: true, attributeFilter: ['data-phase']}); }""")
+    # The value each change set (the next change's old value, then the last value): the order of the phases even
+    # when two changes land in one task (several streamed events read at once), where reading the element's
+    # current value in the observer would show only the last. The answer starts as "waiting" (no change).
+    page.evaluate("""() => { window.__old = [];
+        new MutationObserver(ms => ms.forEach(m => window.__old.push(m.oldValue)))
+        .observe(document.getElementById('transcript'),
+                 {subtree: true, attributes: true, attributeOldValue: true, attributeFilter: ['data-phase']}); }""")
     page.fill("#input", QUESTION)
     page.press("#input", "Enter")
     (a,) = answers(page, "done", 1)
-    assert page.evaluate("window.__phases") == ["reasoning", "answer", "done"]
+    phases = page.evaluate("""() => { const seen = [...window.__old.slice(1),
+        document.querySelector('.answer').dataset.phase];
+        return seen.filter((p, i) => p !== seen[i - 1]); }""")
+    assert phases == ["reasoning", "answer", "done"]
     assert a["reasoning"].strip() == "先考虑普通感冒，再排除流感。"
     assert page.inner_text(".answer-text strong") == "多喝水"
     assert page.eval_on_selector_all(".answer-text td", "tds => tds.map(t => t.textContent)") == ["布洛芬", "发热时"]
