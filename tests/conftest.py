@@ -224,15 +224,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 # loadfile mode hands whole files to the two workers in collection order, so the long end-to-end
 # files start early and the short ones fill in, and both workers finish together.
 SLOW_FILES = (
-    "training/test_training.py", "training/test_precision_runs.py", "rl/test_grpo.py", "training/test_fsdp.py",
-    "rl/test_grpo_learning.py", "evaluation/test_evaluate.py", "training/test_loss.py", "shared/test_notebook.py",
-    "training/test_distill.py", "training/test_memory_estimate.py", "training/test_ddp.py",
-    "evaluation/test_evaluate_ddp.py", "model/test_models.py", "training/test_training_checks.py",
-    "inference/test_web_page.py", "training/test_plan.py", "data/test_generate_teacher.py",
-    "training/test_first_run.py", "inference/test_qlora_base.py", "inference/test_generation.py",
-    "inference/test_serve.py", "training/test_lm_head_lora.py", "inference/test_chat.py", "training/test_guard.py",
-    "evaluation/test_report_html.py", "training/test_fp16_loss.py", "training/test_batching.py",
-    "evaluation/test_statistics.py", "training/test_no_full_logits.py", "model/test_merge.py",
+    "training/test_precision_runs.py", "evaluation/test_evaluate.py", "training/test_fsdp.py",
+    "rl/test_grpo_learning.py", "shared/test_notebook.py", "training/test_distill.py", "model/test_models.py",
+    "training/test_ddp.py", "training/test_memory_estimate.py", "training/test_training.py", "training/test_loss.py",
+    "rl/test_grpo.py", "training/test_plan.py", "inference/test_web_page.py", "evaluation/test_evaluate_ddp.py",
+    "training/test_first_run.py", "inference/test_qlora_base.py", "training/test_training_checks.py",
+    "inference/test_serve.py", "inference/test_generation.py", "training/test_lm_head_lora.py",
+    "inference/test_chat.py", "evaluation/test_report_html.py", "data/test_generate_teacher.py",
+    "training/test_guard.py", "training/test_batching.py", "evaluation/test_statistics.py",
+    "training/test_fp16_loss.py", "training/test_no_full_logits.py", "model/test_merge.py",
     "training/test_parallel.py", "model/test_precision.py", "model/test_hardware.py",
 )
 

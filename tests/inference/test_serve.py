@@ -402,7 +402,7 @@ def test_reasoning_and_answer_apart_in_both_shapes(scripted):
 
 def test_unset_key_variable_or_taken_port_is_a_one_line_error(tiny_model_dir):
     proc = run_script(SCRIPT, "--model", tiny_model_dir, "--api_key_env", "R1_SERVE_TEST_UNSET_VARIABLE",
-                      env={"R1_SERVE_TEST_UNSET_VARIABLE": ""}, timeout=120)
+                      env={"R1_SERVE_TEST_UNSET_VARIABLE": None}, timeout=120)
     assert proc.returncode == 2 and "R1_SERVE_TEST_UNSET_VARIABLE" in proc.stderr and "Traceback" not in proc.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -30,7 +30,7 @@ SCRIPT = "scripts/train_stf_r1_train_val.py"
 TRAIN = REPO / "tests/fixtures/sft_tiny_train.jsonl"  # 24 records -> 6 steps per epoch at batch 4
 VAL = REPO / "tests/fixtures/sft_tiny_val.jsonl"
 # One thread: the same float summation order in every run, and no thread thrashing on a busy CPU.
-ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # torch gives MKL the OMP thread count
 MAX_STEPS = 14  # > 2 epochs: the resume test restarts inside the second epoch
 
 

@@ -28,7 +28,7 @@ from conftest import REPO, run_script, sft_config
 SCRIPT = "scripts/train_stf_r1_train_val.py"
 TRAIN = REPO / "tests/fixtures/sft_tiny_train.jsonl"
 VAL = REPO / "tests/fixtures/sft_tiny_val.jsonl"
-ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # torch gives MKL the OMP thread count
 QWEN2_LINEAR = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head"
 
 
