@@ -118,6 +118,15 @@ def warm_client_env() -> dict:
     return {"R1_SFT_WARM_EXE": sys.executable, **({"R1_SFT_WARM_SOCKET": str(warm.socket)} if warm else {})}
 
 
+def popen_script(script: str, *args, env: dict | None = None, **popen_kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` of ``python SCRIPT ARGS`` for a test that talks to the running script (a server, the
+    interactive chat): through tests/warm_client.py, so the script runs in a fork of the warm Python on this
+    Popen's own stdin, stdout and stderr, and gets the signals sent to it (SIGKILL excepted: it ends the client
+    alone). ``env`` as in :func:`run_script`."""
+    return subprocess.Popen([sys.executable, str(WARM_CLIENT), *_script_argv(script, args)],
+                            env={**_script_env(env), **warm_client_env()}, **popen_kwargs)
+
+
 _WARM: list[WarmPython] = []  # this worker's, once started
 
 

@@ -2,7 +2,8 @@
 """``python SCRIPT ARGS`` through a test worker's warm Python (tests/warm_python.py), for launchers.
 
 torchrun starts each worker as ``python -u tests/warm_client.py SCRIPT ARGS``; bench/gpu_check.sh runs its
-steps with ``PYTHON=tests/warm_client.py``. This client imports nothing heavy: it hands its arguments,
+steps with ``PYTHON=tests/warm_client.py``; the tests' servers and interactive chat start through it
+(conftest.popen_script). This client imports nothing heavy: it hands its arguments,
 working folder, environment and its own stdin, stdout and stderr to the server over the socket named in
 R1_SFT_WARM_SOCKET (conftest.warm_client_env), forwards the signals it gets to the script's process and
 exits as the script did. Anything else (``-c``, ``-m``, a run whose environment the server refuses, no

@@ -153,16 +153,15 @@ def _child(request: dict, fds: list[int] | None = None) -> None:
 
 
 # Variables that may differ between the server and a run because no preloaded library reads them at import
-# time: pytest's per-test name, the client's own, torchrun's per-worker ones, gpu_check.sh's, a shell's, and
-# modelscope's (modelscope is not preloaded: the download tests set them).
+# time: pytest's per-test name, the client's own, torchrun's per-worker ones, gpu_check.sh's, a shell's,
+# modelscope's (modelscope is not preloaded: the download tests set them) and the suite's own R1_SFT_TEST_*
+# (a test server's API key, the FSDP shim's switch, the allocator setting the child applies).
 PER_RUN = frozenset({"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "R1_SFT_WARM_SOCKET", "R1_SFT_WARM_EXE",
-                     "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "MODELSCOPE_DOMAIN",
                      "LOCAL_RANK", "RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_NAME", "LOCAL_WORLD_SIZE", "WORLD_SIZE",
                      "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OUT", "WORK", "PYTHON",
-                     "PWD", "OLDPWD", "SHLVL", "_", "R1_SFT_TEST_CPU_FSDP",
-                     "R1_SFT_TEST_MALLOC", "MALLOC_MMAP_THRESHOLD_"})  # PWD..._: what every shell sets;
-# the last two: applied in the child (mallopt), as glibc applies MALLOC_MMAP_THRESHOLD_ at a process's start
-PER_RUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_")
+                     "PWD", "OLDPWD", "SHLVL", "_",  # PWD..._: what every shell sets
+                     "MALLOC_MMAP_THRESHOLD_"})  # applied in the child (mallopt), as glibc does at a process's start
+PER_RUN_PREFIXES = ("TORCHELASTIC_", "TORCH_NCCL_", "NCCL_", "MODELSCOPE_", "R1_SFT_TEST_")
 # `make test` sets R1_SFT_TEST_MALLOC=keep: each run's glibc allocator keeps freed memory for the next step
 # instead of mapping every block over 32 MiB (the stand-in's logits) on its own and faulting it in again
 # (bench/malloc_steps.py). A run without it keeps glibc's defaults: the tests that measure a run's memory.

@@ -10,7 +10,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -20,7 +19,7 @@ from r1_sft.inference.chat_store import ConversationFileError, load_conversation
 from r1_sft.inference.conversation import NOTICE, ChatSettings, context_limit, set_setting
 from r1_sft.r1_format import ThinkSplitter
 
-from conftest import REPO, run_script
+from conftest import popen_script, run_script
 
 SCRIPT = "scripts/chat_with_model.py"
 REASONING_MARK = "REASONINGMARK秘密推理"
@@ -304,10 +303,9 @@ def read_until(stream, predicate, deadline):
 def test_ctrl_c_stops_the_streaming_answer_and_the_chat_goes_on(tiny_model_dir, tmp_path):
     # max_new_tokens is far more than is generated before the signal lands: if the reasoning were
     # printed only after generation, the signal would hit the idle prompt and end the session.
-    proc = subprocess.Popen([sys.executable, str(REPO / SCRIPT), "--model", str(tiny_model_dir),
-                             "--max_new_tokens", "2000", "--conversations_dir", str(tmp_path / "conv")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp_path)
+    proc = popen_script(SCRIPT, "--model", tiny_model_dir, "--max_new_tokens", "2000", "--conversations_dir",
+                        tmp_path / "conv", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        cwd=tmp_path)
     try:
         proc.stdin.write("孩子发烧到39度，在家应该怎么处理？\n".encode())
         proc.stdin.flush()

@@ -10,10 +10,8 @@ draws another text (both pinned in memory below).
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from r1_sft.inference.chat import ANSWER_LABEL, REASONING_LABEL
 from r1_sft.inference.decoding import Decoding
 from r1_sft.r1_format import parse_output
 
-from conftest import REPO, run_script
+from conftest import REPO, popen_script, run_script
 
 QUESTION = "高血压患者平时饮食要注意什么？"
 SEED, TEMPERATURE, TOP_P, MAX_NEW_TOKENS = 1234, 1.6, 0.999, 24
@@ -78,11 +76,9 @@ def test_a_batch_is_generated_the_same_whoever_runs_it(tiny_model_dir):
 
 
 def _start_server(tiny_model_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD}
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "scripts/serve_model.py"), "--model", str(tiny_model_dir),
-                                 "--port", "0", "--max_context", "1024", "--max_tokens", "64"],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = popen_script("scripts/serve_model.py", "--model", tiny_model_dir, "--port", "0", "--max_context", "1024",
+                            "--max_tokens", "64", cwd=REPO, env=ONE_THREAD, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         found = re.search(r"listening on (http://\S+/v1)", log.read_text(encoding="utf-8", errors="replace"))

@@ -8,10 +8,8 @@ in its config); a LoRA adapter trained without 4-bit gets no line.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 
 from r1_sft.run_info import save_run_info
 
-from conftest import REPO, run_script, save_random_adapter
+from conftest import REPO, popen_script, run_script, save_random_adapter
 
 SFT_VAL = REPO / "tests" / "fixtures" / "eval_sft_val.jsonl"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -95,10 +93,8 @@ def test_merge_says_the_qlora_adapter_is_folded_into_unquantized_weights(qlora_d
 def test_serving_says_on_which_base_the_qlora_adapter_runs(qlora_dir, tmp_path):
     log = tmp_path / "server.log"
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "scripts/serve_model.py"), "--model", str(qlora_dir),
-                                 "--port", "0", "--max_context", "512", "--max_tokens", "8"], cwd=tmp_path,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD},
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = popen_script("scripts/serve_model.py", "--model", qlora_dir, "--port", "0", "--max_context", "512",
+                            "--max_tokens", "8", cwd=tmp_path, env=ONE_THREAD, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
         while "listening on" not in log.read_text(encoding="utf-8") and proc.poll() is None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +27,10 @@ from r1_sft.inference.serving import ServerSettings, create_app
 from r1_sft.paths import display_path
 from r1_sft.r1_format import build_prompt, encode_prompt
 
-from conftest import REPO, run_script
+from conftest import REPO, popen_script, run_script
 
 SCRIPT = "scripts/serve_model.py"
-KEY_ENV, KEY = "R1_SERVE_TEST_KEY", "sk-test-5e3f9b1c-never-logged"
+KEY_ENV, KEY = "R1_SFT_TEST_SERVE_KEY", "sk-test-5e3f9b1c-never-logged"
 CONTEXT = 1024        # --max_context: small enough that a long question passes it
 SLOW = 900            # max_tokens = min_tokens of a request that stays busy until its client leaves
 
@@ -82,13 +80,11 @@ def wait_for_url(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, KEY_ENV: KEY, "PYTHONUNBUFFERED": "1"}
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / SCRIPT), "--model", str(tiny_model_dir), "--port", "0",
-             "--api_key_env", KEY_ENV, "--max_tokens", "8", "--max_context", str(CONTEXT),
-             "--max_concurrency", "1", "--max_queue", "3", "--max_body_bytes", "65536"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = popen_script(SCRIPT, "--model", tiny_model_dir, "--port", "0", "--api_key_env", KEY_ENV, "--max_tokens",
+                            "8", "--max_context", CONTEXT, "--max_concurrency", "1", "--max_queue", "3",
+                            "--max_body_bytes", "65536", cwd=REPO, env={KEY_ENV: KEY}, stdout=out,
+                            stderr=subprocess.STDOUT)
     try:
         yield Server(proc, log, wait_for_url(proc, log))
     finally:
@@ -182,7 +178,8 @@ def test_bad_messages_are_named(messages, param):
 
 def test_plain_completion_keeps_reasoning_apart_with_usage(server):
     client = server.client()
-    assert [m.id for m in client.models.list().data] == [display_path(Path(server.proc.args[3]))]  # as given
+    given = server.proc.args[server.proc.args.index("--model") + 1]
+    assert [m.id for m in client.models.list().data] == [display_path(Path(given))]  # as given
     r = client.chat.completions.create(model="tiny", messages=ask(), max_tokens=6, extra_body={"min_tokens": 6},
                                        temperature=0)
     choice = r.choices[0]

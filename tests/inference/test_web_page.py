@@ -12,11 +12,9 @@ Every request that leaves 127.0.0.1 fails the module. No assertion depends on th
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,9 +26,9 @@ from browser import chromium
 
 from r1_sft.inference.serving import ServerSettings, create_app
 
-from conftest import REPO, run_script
+from conftest import REPO, popen_script, run_script
 
-KEY_ENV, KEY = "R1_WEB_TEST_KEY", "sk-web-test-3c1d"
+KEY_ENV, KEY = "R1_SFT_TEST_WEB_KEY", "sk-web-test-3c1d"
 QUESTION = "头痛发热怎么办？"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -48,13 +46,11 @@ def real(adapter_dir, tmp_path_factory):
     at most 6 connections to one server, so 20 requests from a page reach a full queue only below that)."""
     folder = tmp_path_factory.mktemp("web")
     log, conversations = folder / "server.log", folder / "conversations"
-    env = {**os.environ, KEY_ENV: KEY, "PYTHONUNBUFFERED": "1"}
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / "scripts/serve_model.py"), "--model", str(adapter_dir), "--port", "0",
-             "--api_key_env", KEY_ENV, "--max_tokens", "8", "--max_context", "1024", "--max_concurrency", "1",
-             "--max_queue", "3", "--conversations_dir", str(conversations)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = popen_script("scripts/serve_model.py", "--model", adapter_dir, "--port", "0", "--api_key_env", KEY_ENV,
+                            "--max_tokens", "8", "--max_context", "1024", "--max_concurrency", "1", "--max_queue", "3",
+                            "--conversations_dir", conversations, cwd=REPO, env={KEY_ENV: KEY}, stdout=out,
+                            stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while not (found := re.search(r"chat page: (http://\S+/)", log.read_text(encoding="utf-8"))):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")

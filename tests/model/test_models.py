@@ -431,9 +431,13 @@ def fake_hub():
         server.server_close()
 
 
-def _download(endpoint: str, local_dir: Path, tmp_path: Path):
+# For an endpoint nobody listens on: one listing attempt, not the client's 1 + 2 + 4 s of retries.
+NO_RETRIES = {"MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS": "1"}
+
+
+def _download(endpoint: str, local_dir: Path, tmp_path: Path, **env: str):
     env = {"MODELSCOPE_ENDPOINT": endpoint, "MODELSCOPE_CACHE": str(tmp_path / "ms_cache"),
-           "MODELSCOPE_DOMAIN": ""}
+           "MODELSCOPE_DOMAIN": "", **env}
     return run_script("download_model/download_model.py", "--local_dir", local_dir, env=env, timeout=300)
 
 
@@ -483,7 +487,7 @@ def test_download_without_network_says_which_host_and_how_to_use_a_local_copy(tm
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = _download(f"http://127.0.0.1:{port}", tmp_path / "model", tmp_path)
+    proc = _download(f"http://127.0.0.1:{port}", tmp_path / "model", tmp_path, **NO_RETRIES)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot reach 127.0.0.1:{port} ")
@@ -499,11 +503,11 @@ def test_download_offline_goes_on_with_a_complete_local_copy(tiny_model_dir, tmp
         port = s.getsockname()[1]
     local = tmp_path / "model"
     shutil.copytree(tiny_model_dir, local)
-    proc = _download(f"http://127.0.0.1:{port}", local, tmp_path)
+    proc = _download(f"http://127.0.0.1:{port}", local, tmp_path, **NO_RETRIES)
     assert proc.returncode == 0, proc.stderr
     assert "using the complete local copy" in proc.stdout
     (local / "config.json").unlink()  # an incomplete copy is still an error
-    assert _download(f"http://127.0.0.1:{port}", local, tmp_path).returncode == 2
+    assert _download(f"http://127.0.0.1:{port}", local, tmp_path, **NO_RETRIES).returncode == 2
 
 
 def test_library_chatter_is_silenced_once_the_package_is_imported():

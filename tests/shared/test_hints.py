@@ -27,7 +27,7 @@ def test_a_failed_download_removes_the_folder_it_made_and_names_the_mirror_varia
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"MODELSCOPE_ENDPOINT": f"http://127.0.0.1:{port}", "MODELSCOPE_CACHE": str(tmp_path / "ms_cache"),
-           "MODELSCOPE_DOMAIN": ""}
+           "MODELSCOPE_DOMAIN": "", "MODELSCOPE_REPO_TREE_PAGE_MAX_ATTEMPTS": "1"}  # not the client's 7 s of retries
     (tmp_path / "kept").mkdir()  # a folder that was there before stays
     proc = run_script("download_model/download_model.py", "--local_dir", "kept/new/model", cwd=tmp_path, env=env,
                       timeout=300)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, popen_script, run_script
 
 PROBE = textwrap.dedent('''\
     import atexit, json, os, sys, threading, time
@@ -60,6 +60,26 @@ def test_a_run_whose_environment_differs_gets_a_fresh_interpreter(tmp_path):
     script.write_text("import os, sys\nprint('torch' in sys.modules, os.environ.get('PROBE_MODE'))\n", encoding="utf-8")
     assert run_script(script, cwd=tmp_path, env={"PROBE_MODE": "x"}).stdout == "False x\n"  # a new interpreter
     assert run_script(script, cwd=tmp_path).stdout == "True None\n"  # the warm one: torch already imported
+
+
+def test_a_started_script_talks_over_its_pipes_gets_its_signals_and_runs_warm(tmp_path):
+    """popen_script (the servers and the interactive chat of the tests): the script in the warm Python, on the
+    Popen's pipes; SIGTERM sent to the Popen reaches the script; its exit code is the Popen's."""
+    script = tmp_path / "answer.py"
+    script.write_text("import os, signal, sys\n"
+                      "signal.signal(signal.SIGTERM, lambda *a: (print('terminated', flush=True), sys.exit(5)))\n"
+                      "print('torch' in sys.modules, os.environ['R1_SFT_TEST_PROBE'], input(), flush=True)\n"
+                      "signal.pause()\n", encoding="utf-8")
+    proc = popen_script(script, cwd=tmp_path, env={"R1_SFT_TEST_PROBE": "sk-x"}, stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("头痛\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "True sk-x 头痛\n"  # warm (torch imported), the suite's variable, the pipe
+        proc.terminate()
+        assert proc.stdout.read() == "terminated\n" and proc.wait(timeout=30) == 5
+    finally:
+        proc.kill()
 
 
 def test_a_timeout_kills_the_run_and_the_next_run_works(tmp_path):

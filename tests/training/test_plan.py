@@ -4,17 +4,16 @@ run_info.json's plan is what ran (the dry run's one plan line: tests/training/te
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
+from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, run_script
 
 TRAIN = REPO / "tests/fixtures/sft_tiny_train.jsonl"
 VAL = REPO / "tests/fixtures/sft_tiny_val.jsonl"
 
-# Runs the stage script in a process of its own with every decision function wrapped, wherever it was
-# imported (module attribute or `from` import), and reports the calls and what the loader really loaded.
+# Runs the stage script (through run_script, as any other run) with every decision function wrapped, wherever it
+# was imported (module attribute or `from` import), and reports the calls and what the loader really loaded.
 SPIED_RUN = """
 import json, runpy, sys
 sys.path.insert(0, sys.argv[1])
@@ -54,16 +53,17 @@ finally:
 """
 
 
-def spied_run(*args, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = subprocess.run([sys.executable, "-c", SPIED_RUN, str(REPO), *map(str, args)], capture_output=True,
-                          text=True, timeout=600, cwd=REPO, env={**os.environ, **(env or {})})
+def spied_run(folder: Path, *args, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    spy = folder / "spied_run.py"
+    spy.write_text(SPIED_RUN, encoding="utf-8")
+    proc = run_script(spy, REPO, *args, cwd=REPO, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("SPIED ")]
     return proc, json.loads(lines[-1][6:]) if lines else {}
 
 
 def test_one_training_run_decides_once_and_records_what_ran(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    proc, spied = spied_run(REPO / "scripts/train_stf_r1_train_val.py",
+    proc, spied = spied_run(tmp_path, REPO / "scripts/train_stf_r1_train_val.py",
                       "--model_path", tiny_model_dir, "--train_file", TRAIN, "--val_file", VAL, "--output_dir", out,
                       "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "1",
                       "--max_length", "256", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
@@ -89,6 +89,6 @@ def test_the_spy_counts_a_second_decision(tiny_model_dir, tmp_path):
     twice = tmp_path / "twice.py"
     twice.write_text("import sys\nsys.path.insert(0, %r)\nfrom r1_sft.model.plan import make_plan\n"
                      "make_plan(%r)\nmake_plan(%r)\n" % (str(REPO), str(tiny_model_dir), str(tiny_model_dir)))
-    proc, spied = spied_run(twice)
+    proc, spied = spied_run(tmp_path, twice)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert spied["calls"]["resolve_model_folder"] == 2 and spied["calls"]["decide_precision"] == 2, spied
