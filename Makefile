@@ -92,7 +92,7 @@ $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 # the libraries (tests/warm_python.py); R1_SFT_TEST_FRESH_PYTHON=1 starts a new interpreter for every run.
 test: install
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-without-model $(TINY)/config.json
-	$(TEST_MALLOC) R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 --stand-in only
+	$(TEST_MALLOC) R1_SFT_TINY_MODEL=$(CURDIR)/$(TINY) $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 --stand-in only
 
 test-without-model: install browser
 	$(TEST_MALLOC) $(PY) -m pytest -q --durations=5 --stand-in none

@@ -230,7 +230,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 # The slowest files first (seconds of CPU on 2 cores, from `pytest --durations=0`): pytest-xdist's
-# loadfile mode hands whole files to the two workers in collection order, so the long end-to-end
+# loadfile mode with --no-loadscope-reorder (as `make test` runs it; by default it orders files by their
+# number of tests) hands whole files to the two workers in collection order, so the long end-to-end
 # files start early and the short ones fill in, and both workers finish together.
 SLOW_FILES = (
     "training/test_precision_runs.py", "evaluation/test_evaluate.py", "training/test_fsdp.py",
