@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -123,8 +124,10 @@ def popen_script(script: str, *args, env: dict | None = None, **popen_kwargs) ->
     interactive chat): through tests/warm_client.py, so the script runs in a fork of the warm Python on this
     Popen's own stdin, stdout and stderr, and gets the signals sent to it (SIGKILL excepted: it ends the client
     alone). ``env`` as in :func:`run_script`."""
-    return subprocess.Popen([sys.executable, str(WARM_CLIENT), *_script_argv(script, args)],
-                            env={**_script_env(env), **warm_client_env()}, **popen_kwargs)
+    full_env = {**_script_env(env), **warm_client_env()}
+    _warm_python(full_env)  # warns where the client will start a new interpreter
+    return subprocess.Popen([sys.executable, str(WARM_CLIENT), *_script_argv(script, args)], env=full_env,
+                            **popen_kwargs)
 
 
 _WARM: list[WarmPython] = []  # this worker's, once started
@@ -136,10 +139,25 @@ def _start_warm_python() -> None:
         atexit.register(_WARM[0].close)
 
 
+class NewInterpreterWarning(UserWarning):
+    """A stage script ran in a new interpreter though the test did not ask for one (``fresh``): its environment
+    differs from the warm Python's in a variable a preloaded library might read at import, so it paid the
+    libraries' imports again (about 8 s of CPU). Leave such variables out of a run's ``env``, or name the
+    suite's own R1_SFT_TEST_* (tests/warm_python.PER_RUN_PREFIXES)."""
+
+
 def _warm_python(env: dict) -> WarmPython | None:
-    """This worker's warm Python (started on first use); None where a fresh interpreter must run the script."""
+    """This worker's warm Python (started on first use); None where a fresh interpreter must run the script
+    (with a :class:`NewInterpreterWarning` when the environment is why)."""
     _start_warm_python()
-    return _WARM[0] if _WARM and _WARM[0].accepts(env) else None
+    if not _WARM:
+        return None
+    keys = _WARM[0].differing(env)
+    if keys:
+        warnings.warn(f"a new interpreter: the environment differs from the warm Python's in {', '.join(keys)}",
+                      NewInterpreterWarning, stacklevel=3)
+        return None
+    return _WARM[0] if _WARM[0].accepts(env) else None
 
 
 def pytest_sessionstart(session):

@@ -15,6 +15,8 @@ import signal
 import socket
 import sys
 
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
 
 def fresh(args: list[str]) -> None:
     exe = os.environ.get("R1_SFT_WARM_EXE", sys.executable)
@@ -32,16 +34,31 @@ def main() -> None:
     except OSError:
         fresh(args)
     sys.stdout.flush()
+    # Signals go to the script; one that comes before its pid is known waits for it (a launcher may signal at once).
+    script, early = {}, []
+
+    def forward(number, frame):
+        if "pid" in script:
+            os.kill(script["pid"], number)
+        else:
+            early.append(number)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
     request = {"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}
     socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
     answers = conn.makefile("rb")
     first = json.loads(answers.readline())
     if first.get("fresh"):
         conn.close()
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        for number in early:  # what the new interpreter would have got: its default action
+            os.kill(os.getpid(), number)
         fresh(args)
-    pid = first["pid"]
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, lambda number, frame: os.kill(pid, number))
+    script["pid"] = pid = first["pid"]
+    for number in early:
+        os.kill(pid, number)
     line = answers.readline()
     code = json.loads(line)["returncode"] if line else 1
     if code < 0:  # killed by a signal: end the same way, as the launcher would see the script end

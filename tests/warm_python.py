@@ -191,10 +191,11 @@ def keep_freed_memory() -> None:
     _mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def accepts(env: dict, started: dict, set_by_import: dict) -> bool:
-    """Whether a run with ``env`` may fork from a server that started with ``started`` (and whose import of
-    r1_sft set ``set_by_import``: the run's own import of r1_sft sets the same)."""
-    for key in env.keys() | started.keys():
+def differing(env: dict, started: dict, set_by_import: dict) -> list[str]:
+    """The variables that keep a run with ``env`` from forking a server that started with ``started`` (and whose
+    import of r1_sft set ``set_by_import``: the run's own import of r1_sft sets the same); none: it may."""
+    keys = []
+    for key in sorted(env.keys() | started.keys()):
         if key in PER_RUN or key.startswith(PER_RUN_PREFIXES) or env.get(key) == started.get(key):
             continue
         extra = _extra_python_path(env.get(key) or "", started.get(key) or "") if key == "PYTHONPATH" else None
@@ -202,8 +203,13 @@ def accepts(env: dict, started: dict, set_by_import: dict) -> bool:
             continue  # the repository or a test shim (tests/cpu_fsdp): added in the child as site would
         if key in set_by_import and env.get(key) == set_by_import[key]:
             continue
-        return False
-    return True
+        keys.append(key)
+    return keys
+
+
+def accepts(env: dict, started: dict, set_by_import: dict) -> bool:
+    """Whether a run with ``env`` may fork from the server (no :func:`differing` variable)."""
+    return not differing(env, started, set_by_import)
 
 
 def _say(fd: int, message: dict) -> None:
@@ -297,13 +303,17 @@ class WarmPython:
         self.env: dict | None = None  # the server's, once its imports are done
         self.set_by_import: dict = {}
 
-    def accepts(self, env: dict) -> bool:
-        """True when a run with ``env`` may fork from the server (:func:`accepts`)."""
+    def differing(self, env: dict) -> list[str]:
+        """The variables that keep a run with ``env`` from forking the server (:func:`differing`)."""
         if self.env is None:
             ready = self._answer()
             self.env = ready["started"]
             self.set_by_import = {k: v for k, v in ready["env"].items() if self.env.get(k) != v}
-        return self.server.poll() is None and accepts(env, self.env, self.set_by_import)
+        return differing(env, self.env, self.set_by_import)
+
+    def accepts(self, env: dict) -> bool:
+        """True when a run with ``env`` may fork from the server."""
+        return not self.differing(env) and self.server.poll() is None
 
     def _answer(self, timeout: float | None = None) -> dict | None:
         """The server's next line, or None when ``timeout`` seconds pass without one."""

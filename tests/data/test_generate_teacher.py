@@ -29,10 +29,10 @@ from fake_openai import FakeOpenAI, answer_for, reasoning_for
 
 SCRIPT = "data/generate_teacher_data.py"
 KEY = "sk-test-7f3a9c1e5b"  # the fake server's key; must appear in no file and no output
-ENV = {"FAKE_R1_KEY": KEY, "OMP_NUM_THREADS": "1"}
+ENV = {"R1_SFT_TEST_TEACHER_KEY": KEY, "OMP_NUM_THREADS": "1"}
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 QUESTIONS = [json.loads(line)["question"] for line in (REPO / "r1_generated/questions.jsonl").open(encoding="utf-8")]
-FAST = ["--api_key_env", "FAKE_R1_KEY", "--model", "fake-r1", "--timeout", "0.5", "--backoff_base", "0.01",
+FAST = ["--api_key_env", "R1_SFT_TEST_TEACHER_KEY", "--model", "fake-r1", "--timeout", "0.5", "--backoff_base", "0.01",
         "--backoff_max", "0.05", "--max_retries", "2", "--concurrency", "4"]
 
 
@@ -228,11 +228,11 @@ def test_a_sigkilled_run_resumes_with_every_question_once(fake, tmp_path):
 
 def test_key_errors_and_dry_run_send_nothing(fake, tmp_path):
     out = tmp_path / "004.jsonl"
-    missing = generate(fake, out, env={"FAKE_R1_KEY": ""})
+    missing = generate(fake, out, env={"R1_SFT_TEST_TEACHER_KEY": ""})
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
-    assert "FAKE_R1_KEY is not set" in missing.stderr and not fake.requests and not out.exists()
+    assert "R1_SFT_TEST_TEACHER_KEY is not set" in missing.stderr and not fake.requests and not out.exists()
 
-    refused = generate(fake, out, env={"FAKE_R1_KEY": "sk-wrong-key"})
+    refused = generate(fake, out, env={"R1_SFT_TEST_TEACHER_KEY": "sk-wrong-key"})
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "HTTP 401" in refused.stderr and "the API key was refused" in refused.stderr
     assert "sk-wrong-key" not in refused.stdout + refused.stderr and not lines(out)
@@ -241,7 +241,7 @@ def test_key_errors_and_dry_run_send_nothing(fake, tmp_path):
     dry = generate(fake, out, "--dry_run", "--limit", "3")
     assert dry.returncode == 0 and not fake.requests
     assert "[skipped] 0 already answered" in dry.stdout and "3 to ask" in dry.stdout
-    assert f'"content": "{QUESTIONS[0]}"' in dry.stdout and "Bearer *** (from $FAKE_R1_KEY)" in dry.stdout
+    assert f'"content": "{QUESTIONS[0]}"' in dry.stdout and "Bearer *** (from $R1_SFT_TEST_TEACHER_KEY)" in dry.stdout
     assert_key_nowhere(tmp_path, dry.stdout, dry.stderr, refused.stdout, refused.stderr)
 
     bad = generate(fake, out, "--concurrency", "0")

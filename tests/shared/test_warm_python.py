@@ -2,13 +2,15 @@
 what ``python script.py`` gives in a fresh interpreter, byte for byte."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import textwrap
 
 import pytest
 
-from conftest import REPO, popen_script, run_script
+from conftest import REPO, NewInterpreterWarning, popen_script, run_script
 
 PROBE = textwrap.dedent('''\
     import atexit, json, os, sys, threading, time
@@ -58,7 +60,8 @@ def test_a_warm_run_equals_a_fresh_interpreter(probe, tmp_path, how):
 def test_a_run_whose_environment_differs_gets_a_fresh_interpreter(tmp_path):
     script = tmp_path / "modules.py"
     script.write_text("import os, sys\nprint('torch' in sys.modules, os.environ.get('PROBE_MODE'))\n", encoding="utf-8")
-    assert run_script(script, cwd=tmp_path, env={"PROBE_MODE": "x"}).stdout == "False x\n"  # a new interpreter
+    with pytest.warns(NewInterpreterWarning, match="differs from the warm Python's in PROBE_MODE"):
+        assert run_script(script, cwd=tmp_path, env={"PROBE_MODE": "x"}).stdout == "False x\n"  # a new interpreter
     assert run_script(script, cwd=tmp_path).stdout == "True None\n"  # the warm one: torch already imported
 
 
@@ -67,6 +70,7 @@ def test_a_started_script_talks_over_its_pipes_gets_its_signals_and_runs_warm(tm
     Popen's pipes; SIGTERM sent to the Popen reaches the script; its exit code is the Popen's."""
     script = tmp_path / "answer.py"
     script.write_text("import os, signal, sys\n"
+                      "open('pid', 'w').write(str(os.getpid()))\n"
                       "signal.signal(signal.SIGTERM, lambda *a: (print('terminated', flush=True), sys.exit(5)))\n"
                       "print('torch' in sys.modules, os.environ['R1_SFT_TEST_PROBE'], input(), flush=True)\n"
                       "signal.pause()\n", encoding="utf-8")
@@ -76,10 +80,13 @@ def test_a_started_script_talks_over_its_pipes_gets_its_signals_and_runs_warm(tm
         proc.stdin.write("头痛\n")
         proc.stdin.flush()
         assert proc.stdout.readline() == "True sk-x 头痛\n"  # warm (torch imported), the suite's variable, the pipe
-        proc.terminate()
-        assert proc.stdout.read() == "terminated\n" and proc.wait(timeout=30) == 5
+        proc.terminate()  # at once: the client may not have heard the script's pid yet
+        out, _ = proc.communicate(timeout=30)
+        assert out == "terminated\n" and proc.returncode == 5
     finally:
         proc.kill()
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)  # a script the signal missed
 
 
 def test_a_timeout_kills_the_run_and_the_next_run_works(tmp_path):
