@@ -157,7 +157,7 @@ def _warm_python(env: dict) -> WarmPython | None:
         warnings.warn(f"a new interpreter: the environment differs from the warm Python's in {', '.join(keys)}",
                       NewInterpreterWarning, stacklevel=3)
         return None
-    return _WARM[0] if _WARM[0].accepts(env) else None
+    return _WARM[0] if _WARM[0].alive() else None
 
 
 def pytest_sessionstart(session):

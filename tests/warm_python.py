@@ -311,9 +311,8 @@ class WarmPython:
             self.set_by_import = {k: v for k, v in ready["env"].items() if self.env.get(k) != v}
         return differing(env, self.env, self.set_by_import)
 
-    def accepts(self, env: dict) -> bool:
-        """True when a run with ``env`` may fork from the server."""
-        return not self.differing(env) and self.server.poll() is None
+    def alive(self) -> bool:
+        return self.server.poll() is None
 
     def _answer(self, timeout: float | None = None) -> dict | None:
         """The server's next line, or None when ``timeout`` seconds pass without one."""
