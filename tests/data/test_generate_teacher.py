@@ -30,7 +30,6 @@ from fake_openai import FakeOpenAI, answer_for, reasoning_for
 SCRIPT = "data/generate_teacher_data.py"
 KEY = "sk-test-7f3a9c1e5b"  # the fake server's key; must appear in no file and no output
 ENV = {"R1_SFT_TEST_TEACHER_KEY": KEY, "OMP_NUM_THREADS": "1"}
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 QUESTIONS = [json.loads(line)["question"] for line in (REPO / "r1_generated/questions.jsonl").open(encoding="utf-8")]
 FAST = ["--api_key_env", "R1_SFT_TEST_TEACHER_KEY", "--model", "fake-r1", "--timeout", "0.5", "--backoff_base", "0.01",
         "--backoff_max", "0.05", "--max_retries", "2", "--concurrency", "4"]
@@ -262,7 +261,7 @@ def test_teacher_branch_from_generation_to_distillation(fake, tmp_path, tiny_mod
          "--gradient_accumulation_steps", 1, "--no_use_4bit", "--no_gradient_checkpointing"),
     ]
     for script, *args in steps:
-        run_script(script, *args, env=ENV if script == SCRIPT else ONE_THREAD, check=True)  # the key where it is used
+        run_script(script, *args, env=ENV, check=True)
     assert len(lines(gen / "004.jsonl")) == len(QUESTIONS)
     assert sum(len(lines(ds / f"{split}.jsonl")) for split in ("train", "val", "test")) == len(QUESTIONS)
     assert all(r["output"].startswith("<think>\n") for r in lines(ds / "train.jsonl"))
